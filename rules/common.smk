@@ -1,0 +1,79 @@
+# Helpers shared by all rules: config validation (JSON schema with defaults), paths, wildcard constraints.
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, "../config/schema.yaml")
+
+# The package's own validation also checks every experiment after its overrides are merged.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from cleaner.config import resolve_experiment, validate_config  # noqa: E402
+
+validate_config(config)
+if config["engine"] == "embedded" and config["data"]["source"] != "testbed":
+    raise ValueError("config: engine 'embedded' trains the testbed model; use engine 'verl' for data.source 'real'")
+
+NAME = config["name"]
+RES = f"results/{NAME}"
+EXPERIMENTS = list(config["experiments"])
+ENGINE = config["engine"]
+
+def _cli():
+    """How rules call the package: the interpreter running Snakemake, or the job's env with --sdm conda."""
+    if os.environ.get("CLEANER_CLI"):
+        return os.environ["CLEANER_CLI"]
+    methods = {str(m).lower() for m in workflow.deployment_settings.deployment_method}
+    return "python -m cleaner" if any("conda" in m for m in methods) else f"{sys.executable} -m cleaner"
+
+
+CLI = _cli()
+if len(workflow.overwrite_configfiles) > 1:
+    raise ValueError("pass one --configfile: the pipeline's CLI reads exactly the file Snakemake validated")
+if workflow.config_settings.config:
+    raise ValueError("--config KEY=VALUE overrides are not supported: the rules' CLI would not see them; "
+                     "copy the config file and edit it instead")
+CONFIGFILE = workflow.overwrite_configfiles[0] if workflow.overwrite_configfiles else "config/config.yaml"
+
+
+wildcard_constraints:
+    exp="|".join(EXPERIMENTS),
+    seed=r"\d+",
+    split=r"[A-Za-z0-9_.-]+",
+
+
+def exp_seeds(exp):
+    return resolve_experiment(config, exp)["seeds"]
+
+
+def eval_splits():
+    return config["eval"]["splits"]
+
+
+def sft_data():
+    return f"{RES}/data/sft.jsonl" if config["data"]["source"] == "testbed" else f"{RES}/data/sft.parquet"
+
+
+def data_outputs():
+    return [f"{RES}/data/train.parquet", sft_data()] + [
+        f"{RES}/data/{s}.parquet" for s in eval_splits()
+    ]
+
+
+def sft_model():
+    return f"{RES}/sft/final"
+
+
+def rl_outputs():
+    return [f"{RES}/{e}/seed{s}/rl/summary.json" for e in EXPERIMENTS for s in exp_seeds(e)]
+
+
+def eval_outputs():
+    return [f"{RES}/{e}/seed{s}/eval.json" for e in EXPERIMENTS for s in exp_seeds(e)] + [
+        f"{RES}/sft/eval/{split}.json" for split in eval_splits()
+    ]
+
+
+def report_outputs():
+    return [f"{RES}/report/final_metrics.csv", f"{RES}/report/final_metrics.md", f"{RES}/report/training_curves.png"]

@@ -1,0 +1,67 @@
+# Model init and cold-start SFT. Embedded engine: the testbed's tiny Qwen3 (tokenizer trained on the SFT data)
+# trained by cleaner.train.sft. verl engine: verl's SFT trainer on the real SFT set (multi-turn + tools).
+
+if ENGINE == "embedded":
+
+    rule model_init:
+        input:
+            sft=sft_data(),
+        output:
+            directory(f"{RES}/model/init"),
+        log:
+            f"{RES}/logs/model/init.log",
+        benchmark:
+            f"{RES}/benchmarks/model/init.tsv"
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "{CLI} testbed make-model --config {CONFIGFILE} --sft {input.sft} --out {output} > {log} 2>&1"
+
+    rule sft:
+        input:
+            model=f"{RES}/model/init",
+            data=sft_data(),
+        output:
+            model=directory(f"{RES}/sft/final"),
+            summary=f"{RES}/sft/summary.json",
+        log:
+            f"{RES}/logs/sft/sft.log",
+        benchmark:
+            f"{RES}/benchmarks/sft/sft.tsv"
+        threads: workflow.cores
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "{CLI} sft --config {CONFIGFILE} --model {input.model} --data {input.data} "
+            "--out $(dirname {output.model}) --threads {threads} > {log} 2>&1"
+
+else:
+
+    rule sft:
+        input:
+            data=sft_data(),
+        output:
+            model=directory(f"{RES}/sft/final"),
+            summary=f"{RES}/sft/summary.json",
+            overrides=f"{RES}/sft/verl_overrides.txt",
+        log:
+            f"{RES}/logs/sft/sft.log",
+        benchmark:
+            f"{RES}/benchmarks/sft/sft.tsv"
+        threads: 16
+        resources:
+            mem_mb=256000,
+            runtime=24 * 60,
+            gpu=4,
+            gpu_model="h200",
+        conda:
+            "../envs/verl.yaml"
+        shell:
+            "{CLI} verl sft --config {CONFIGFILE} --data {input.data} --out $(dirname {output.model}) "
+            "--overrides-out {output.overrides} > {log} 2>&1"

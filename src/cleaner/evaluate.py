@@ -1,0 +1,161 @@
+"""Agentic evaluation: the agent loop (with the tool) on an eval split, k samples per problem.
+
+Metrics (CLEANER.md, "Evaluation protocol"): Pass@1 = mean accuracy over the k samples of each problem, averaged
+over problems (avg@k); Pass@k with the unbiased estimator of Chen et al. (2021); tool calls and tool failures
+per trajectory; response length; SAAR statistics when SAAR is on at test time; wall time per problem.
+Writes a JSON summary and a JSONL with every trajectory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cleaner.agent import AgentConfig, Trajectory, run_agent
+from cleaner.chat import ChatFormat
+from cleaner.engines.base import Generator
+
+__all__ = ["pass_at_k", "score_trajectory", "summarize_records", "evaluate_rows"]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased Pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or k < 1:
+        raise ValueError(f"need 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
+    if k > n:
+        raise ValueError(f"Pass@{k} needs at least {k} samples per problem, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def score_trajectory(row: dict[str, Any], traj: Trajectory) -> dict[str, Any]:
+    from cleaner.rewards import compute_score
+
+    res = compute_score(row["data_source"], traj.response_text, row["reward_model"]["ground_truth"],
+                        row.get("extra_info"))
+    return {"score": float(res["score"]), "acc": bool(res["acc"])}
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize_records(records: Sequence[dict[str, Any]], *, k: int) -> dict[str, Any]:
+    """Aggregate per-trajectory records (``problem``, ``acc``, ``stats``, ``data_source``) into the metrics."""
+    by_problem: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_problem[r["problem"]].append(r)
+
+    def block(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        probs: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        for r in recs:
+            probs[r["problem"]].append(r)
+        p1 = [_mean([float(x["acc"]) for x in rs]) for rs in probs.values()]
+        pk = [pass_at_k(len(rs), sum(x["acc"] for x in rs), k) for rs in probs.values() if len(rs) >= k]
+        st = [r["stats"] for r in recs]
+        out = {
+            "problems": len(probs),
+            "trajectories": len(recs),
+            "pass@1": _mean(p1),
+            f"pass@{k}": _mean(pk),
+            "tool_calls_per_trajectory": _mean([s["tool_calls_after"] for s in st]),
+            "tool_failures_per_trajectory": _mean([s["tool_failures_after"] for s in st]),
+            "tool_calls_per_trajectory_before": _mean([s["tool_calls_before"] for s in st]),
+            "tool_failures_per_trajectory_before": _mean([s["tool_failures_before"] for s in st]),
+            "first_attempt_failure_rate": (
+                sum(s["first_attempt_failures"] for s in st) / max(1, sum(s["first_attempt_calls"] for s in st))
+            ),
+            "response_length": _mean([s["response_length"] for s in st]),
+            "turns": _mean([s["turns"] for s in st]),
+            "finish_reasons": dict(sorted(_count(s["finish_reason"] for s in st).items())),
+        }
+        # Recovery: trajectories with at least one failed call that still ended correct.
+        with_fail = [r for r in recs if r["stats"]["tool_failures_before"] > 0]
+        out["trajectories_with_failure"] = len(with_fail)
+        out["recovered_correct_rate"] = _mean([float(r["acc"]) for r in with_fail])
+        saar = {n: sum(s[n] for s in st) for n in ("triggered", "recovered", "failed", "shallow", "deep", "retries")}
+        out["saar"] = saar
+        return out
+
+    summary = block(records)
+    sources = sorted({r["data_source"] for r in records})
+    if len(sources) > 1:
+        summary["by_data_source"] = {src: block([r for r in records if r["data_source"] == src]) for src in sources}
+    summary["wall_s_per_problem"] = _mean([sum(r["wall_s"] for r in rs) / len(rs) for rs in by_problem.values()])
+    return summary
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for x in items:
+        out[x] += 1
+    return dict(out)
+
+
+async def evaluate_rows(
+    gen: Generator,
+    sandbox: Any,
+    fmt: ChatFormat,
+    rows: Sequence[dict[str, Any]],
+    cfg: AgentConfig,
+    *,
+    k: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+    concurrency: int = 64,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run k samples per row, score them, and return (summary, per-trajectory records)."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, j: int) -> dict[str, Any]:
+        row = rows[i]
+        async with sem:
+            t0 = time.perf_counter()
+            traj = await run_agent(gen, sandbox, fmt, row["prompt"], cfg, seed=seed * 1_000_003 + i * 1009 + j)
+            wall = time.perf_counter() - t0
+        scored = await asyncio.to_thread(score_trajectory, row, traj)
+        if progress is not None:
+            progress(1)
+        return {
+            "problem": i,
+            "sample": j,
+            "index": (row.get("extra_info") or {}).get("index", i),
+            "data_source": row["data_source"],
+            "ground_truth": row["reward_model"]["ground_truth"],
+            "answer": traj.answer,
+            **scored,
+            "stats": traj.stats,
+            "response_text": traj.response_text,
+            "wall_s": wall,
+        }
+
+    records = list(await asyncio.gather(*(one(i, j) for i in range(len(rows)) for j in range(k))))
+    return summarize_records(records, k=k), records
+
+
+def write_eval_outputs(summary: dict[str, Any], records: Sequence[dict[str, Any]], out_json: Path,
+                       out_jsonl: Path | None) -> None:
+    from cleaner.data.schema import write_json_atomic, write_jsonl_atomic
+
+    write_json_atomic(summary, out_json)
+    if out_jsonl is not None:
+        write_jsonl_atomic(records, out_jsonl)
+
+
+def load_rows(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any]]:
+    from cleaner.data.schema import read_parquet_rows
+
+    rows = read_parquet_rows(path)
+    return rows[:limit] if limit else rows
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)

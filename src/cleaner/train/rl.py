@@ -1,0 +1,503 @@
+"""Embedded GRPO/DAPO trainer with CLEANER's self-purified rollouts (CLEANER.md, "Training recipe").
+
+One step: sample ``batch_prompts`` prompts, roll out ``n`` trajectories each through :mod:`cleaner.agent`
+(multi-turn, real sandbox, SAAR when the experiment enables it), score them with :mod:`cleaner.rewards` (+ DAPO's
+overlong penalty), compute GRPO group-normalised advantages, RECOMPUTE old log-probs on the final (purified)
+sequences, and update the policy with the PPO clipped loss with DAPO clip-higher and dual-clip, token-mean
+aggregation, no KL, tool tokens masked out. Advantages and the policy loss are verl's own
+``core_algos.compute_grpo_outcome_advantage`` and ``compute_policy_loss_vanilla`` with verl's ``ActorConfig``,
+so this engine optimises the same objective as the paper-scale verl runs (tests check it).
+
+Options: DAPO dynamic sampling (drop zero-variance groups, resample up to ``max_sampling_rounds``), and two peer
+methods as ablations: rStar2-Agent's Resample-on-Correct (oversample, keep the correct rollouts with the fewest
+tool errors and a uniform sample of the incorrect ones) and SimpleTIR's void-turn filter (trajectories with an
+assistant turn that has neither a tool call nor a final answer are excluded from the loss).
+
+Checkpoints every ``checkpoint_every`` steps (model, optimiser, RNG, step) and resumes from the newest one;
+metrics per step to ``metrics.jsonl``; a progress bar shows step, reward, accuracy and tool failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from cleaner.agent import AgentConfig, Trajectory, run_agent
+from cleaner.chat import ChatFormat
+from cleaner.train.common import MetricsLog, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint
+
+__all__ = ["PeersConfig", "RLConfig", "grpo_advantages", "policy_loss", "train_rl"]
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """The paper's recipe knobs (config section ``rl``; defaults and comments in the schema)."""
+
+    steps: int = 235
+    lr: float = 2e-6
+    warmup_steps: int = 20
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    batch_prompts: int = 128
+    n: int = 16
+    mini_batch_prompts: int = 32
+    micro_batch_tokens: int = 16384
+    ppo_epochs: int = 1
+    adv_estimator: str = "grpo"
+    norm_adv_by_std: bool = True
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.28
+    clip_ratio_c: float = 10.0
+    loss_agg_mode: str = "token-mean"
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    overlong_penalty: bool = True
+    overlong_buffer: int = 4096
+    overlong_penalty_factor: float = 1.0
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    reward_math_mode: str = "strict"
+    rollout_is_correction: bool = False
+    checkpoint_every: int = 10
+    val_every: int = 0
+    val_k: int = 1
+    seed_offset: int = 0
+    precision: str = "fp32"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "RLConfig":
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"rl: unknown field(s) {unknown}")
+        cfg = cls(**d)
+        if cfg.mini_batch_prompts > cfg.batch_prompts or cfg.batch_prompts % cfg.mini_batch_prompts:
+            raise ValueError("rl.mini_batch_prompts must divide rl.batch_prompts")
+        if cfg.kl_coef != 0:
+            raise ValueError("rl.kl_coef: the embedded trainer implements the paper's no-KL recipe only (set 0)")
+        if cfg.precision != "fp32":
+            raise ValueError("rl.precision: the embedded CPU trainer runs fp32 (fp16/bf16 are verl-engine settings)")
+        if cfg.rollout_is_correction:
+            raise ValueError("rl.rollout_is_correction: the embedded trainer recomputes old log-probs (set false)")
+        return cfg
+
+
+@dataclass(frozen=True)
+class PeersConfig:
+    resample_on_correct: bool = False
+    roc_oversample: float = 2.0
+    void_turn_filter: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PeersConfig":
+        return cls(**dict(d or {}))
+
+
+# ------------------------------------------------------------------------------------------ objective
+def _actor_config(cfg: RLConfig, n_traj: int):
+    from verl.workers.config import ActorConfig
+
+    return ActorConfig(
+        strategy="fsdp", clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
+        clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=cfg.loss_agg_mode, ppo_mini_batch_size=max(1, n_traj // cfg.n),
+        ppo_micro_batch_size_per_gpu=1, use_dynamic_bsz=False, rollout_n=cfg.n, entropy_coeff=cfg.entropy_coef,
+    )
+
+
+def grpo_advantages(scores: Sequence[float], response_mask: torch.Tensor, group_ids: Sequence[Any], *,
+                    norm_by_std: bool = True) -> torch.Tensor:
+    """Token-level advantages via verl's ``compute_grpo_outcome_advantage`` (reward on the last response token)."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    rewards = torch.zeros_like(response_mask, dtype=torch.float32)
+    lengths = response_mask.shape[1] - 1 - torch.flip(response_mask, dims=[1]).float().argmax(dim=1)
+    has_tokens = response_mask.sum(dim=1) > 0
+    for i, s in enumerate(scores):
+        if has_tokens[i]:
+            rewards[i, lengths[i]] = float(s)
+    adv, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=rewards, response_mask=response_mask.float(), index=np.array(group_ids, dtype=object),
+        norm_adv_by_std_in_grpo=norm_by_std,
+    )
+    return adv
+
+
+def policy_loss(old_logp: torch.Tensor, logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, actor_cfg,
+                *, batch_num_tokens: int, global_batch_size: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """verl's clipped PPO loss (clip-higher, dual-clip) with token-mean over the whole mini-batch."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    actor_cfg.global_batch_info.clear()
+    actor_cfg.global_batch_info.update(
+        {"dp_size": 1, "batch_num_tokens": batch_num_tokens, "global_batch_size": global_batch_size}
+    )
+    return compute_policy_loss_vanilla(old_logp, logp, adv, mask.float(), loss_agg_mode=actor_cfg.loss_agg_mode,
+                                       config=actor_cfg)
+
+
+def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+    return out
+
+
+def sequence_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+                      *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of the response tokens, right-padded to the longest response: [B, R]."""
+    full = [list(p) + list(r) for p, r in zip(prompts, responses)]
+    ids = _pad(full, pad_id)
+    attn = _pad([[1] * len(s) for s in full], 0)
+    logits = model(input_ids=ids, attention_mask=attn).logits.float()
+    r_len = max(len(r) for r in responses)
+    B = len(full)
+    out = torch.zeros((B, r_len), dtype=torch.float32)
+    ent = torch.zeros((B, r_len), dtype=torch.float32) if with_entropy else None
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not r:
+            continue
+        lg = logits[i, len(p) - 1 : len(p) - 1 + len(r)]
+        lp = torch.log_softmax(lg, dim=-1)
+        out[i, : len(r)] = lp.gather(1, torch.tensor(list(r))[:, None])[:, 0]
+        if ent is not None:
+            ent[i, : len(r)] = -(lp.exp() * lp).sum(-1).detach()
+    return out, ent
+
+
+def _micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Group trajectory indices into micro-batches of at most ``budget`` padded tokens (sorted by length)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and (len(cur) + 1) * max(lengths[j] for j in cur + [i]) > budget:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+# ------------------------------------------------------------------------------------------ peers
+def has_void_turn(traj: Trajectory, fmt: ChatFormat) -> bool:
+    """SimpleTIR: an assistant turn with neither a (complete) tool call nor a final answer."""
+    from cleaner.protocol import parse_assistant
+
+    segs: list[list[int]] = []
+    cur: list[int] = []
+    for t, m in zip(traj.response_ids, traj.response_mask):
+        if m:
+            cur.append(t)
+        elif cur:
+            segs.append(cur)
+            cur = []
+    if cur:
+        segs.append(cur)
+    for seg in segs:
+        turn = parse_assistant(fmt.decode(seg))
+        if turn.call is None and turn.answer is None:
+            return True
+    return False
+
+
+def resample_on_correct(group: list[tuple[Trajectory, float, bool]], n: int, rng: random.Random) -> list[int]:
+    """rStar2-Agent GRPO-RoC: from an oversampled group keep n: correct ones with the fewest tool errors
+    (ties broken at random), incorrect ones uniformly, in the proportion they were sampled."""
+    idx = list(range(len(group)))
+    pos = [i for i in idx if group[i][2]]
+    neg = [i for i in idx if not group[i][2]]
+    n_pos = round(n * len(pos) / len(group))
+    n_neg = n - n_pos
+    if n_neg > len(neg):
+        n_neg, n_pos = len(neg), n - len(neg)
+    if n_pos > len(pos):
+        n_pos, n_neg = len(pos), n - len(pos)
+    rng.shuffle(pos)
+    pos.sort(key=lambda i: group[i][0].stats["tool_failures_after"] + group[i][0].stats["malformed_calls"])
+    return sorted(pos[:n_pos] + rng.sample(neg, n_neg))
+
+
+# ------------------------------------------------------------------------------------------ trainer
+@dataclass
+class _Sample:
+    traj: Trajectory
+    group: str
+    score: float
+    acc: bool
+    reward: float
+    in_loss: bool = True
+
+
+def _score(row: dict[str, Any], traj: Trajectory, cfg: RLConfig, max_response: int) -> tuple[float, bool, float]:
+    from cleaner.rewards import compute_score, overlong_penalty
+
+    res = compute_score(row["data_source"], traj.response_text, row["reward_model"]["ground_truth"],
+                        row.get("extra_info"), math_mode=cfg.reward_math_mode)
+    score = float(res["score"])
+    reward = score
+    if cfg.overlong_penalty and cfg.overlong_buffer > 0:
+        reward += overlong_penalty(len(traj.response_ids), max_response_length=max_response,
+                                   overlong_buffer_len=min(cfg.overlong_buffer, max_response),
+                                   penalty_factor=cfg.overlong_penalty_factor)
+    return score, bool(res["acc"]), reward
+
+
+async def _rollout_round(gen, box, fmt, rows, idxs, n_per, agent: AgentConfig, seed_base: int) -> list[list[Trajectory]]:
+    async def group(k: int, i: int) -> list[Trajectory]:
+        return list(await asyncio.gather(*(
+            run_agent(gen, box, fmt, rows[i]["prompt"], agent, seed=seed_base + k * 10_007 + j) for j in range(n_per)
+        )))
+
+    return list(await asyncio.gather(*(group(k, i) for k, i in enumerate(idxs))))
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def train_rl(
+    model_dir: str | Path,
+    train_path: str | Path,
+    out_dir: str | Path,
+    *,
+    rl: RLConfig,
+    agent: AgentConfig,
+    peers: PeersConfig = PeersConfig(),
+    seed: int = 0,
+    sandbox_workers: int = 2,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) RL from ``model_dir`` on the prompts in ``train_path``; writes ``out_dir/final``.
+
+    ``stop_after``: stop (with a checkpoint) after this many steps in this call -- for tests of resumption.
+    """
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cleaner.data.schema import read_parquet_rows
+    from cleaner.engines.hf import HFGenerator
+    from cleaner.prompts import tool_schemas
+    from cleaner.sandbox import Sandbox
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_parquet_rows(train_path)
+    if not rows:
+        raise ValueError(f"{train_path}: no training prompts")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    fmt = ChatFormat(tok, tool_schemas())
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=rl.lr, betas=(0.9, 0.999), weight_decay=rl.weight_decay)
+    ckpt_dir = out / "checkpoints"
+    step, elapsed = 0, 0.0
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        state = load_checkpoint(latest)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["elapsed_s"]
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step)
+    (out / "config.json").write_text(json.dumps({"rl": asdict(rl), "agent": _agent_dict(agent),
+                                                  "peers": asdict(peers), "seed": seed}, indent=2, default=str))
+    gen = HFGenerator(model, pad_token_id=pad, max_batch_size=256, seed=seed)
+    actor_cfg = _actor_config(rl, rl.batch_prompts * rl.n)
+    done_this_call = 0
+
+    def save(at: int) -> None:
+        save_checkpoint(ckpt_dir, at, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": at,
+                                       "elapsed_s": elapsed, "config": asdict(rl)})
+
+    async def run_steps() -> None:
+        nonlocal step, elapsed, done_this_call
+        async with Sandbox(workers=sandbox_workers) as box:
+            bar = tqdm(total=rl.steps, initial=step, desc="rl", disable=not progress, dynamic_ncols=True)
+            try:
+                while step < rl.steps and (stop_after is None or done_this_call < stop_after):
+                    t0 = time.perf_counter()
+                    row_metrics = await _one_step(box)
+                    dt = time.perf_counter() - t0
+                    elapsed += dt
+                    step += 1
+                    done_this_call += 1
+                    row_metrics.update({"step": step, "step_time_s": dt, "elapsed_s": elapsed})
+                    metrics.write(row_metrics)
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{row_metrics['reward']:.2f}", acc=f"{row_metrics['acc']:.2f}",
+                                    fail=f"{row_metrics['tool_failures_after']:.2f}")
+                    if step % rl.checkpoint_every == 0 or step == rl.steps:
+                        save(step)
+            finally:
+                bar.close()
+                await gen.aclose()
+
+    async def _one_step(box) -> dict[str, Any]:
+        rng = random.Random(f"rl:{seed}:{rl.seed_offset}:{step}")
+        model.eval()
+        kept: list[_Sample] = []
+        all_samples: list[_Sample] = []
+        rounds = 0
+        n_per = max(rl.n, math.ceil(rl.n * peers.roc_oversample)) if peers.resample_on_correct else rl.n
+        t_roll = time.perf_counter()
+        while rounds < (rl.max_sampling_rounds if rl.dynamic_sampling else 1):
+            need = rl.batch_prompts - len({s.group for s in kept})
+            if need <= 0:
+                break
+            idxs = [rng.randrange(len(rows)) for _ in range(need)]
+            groups = await _rollout_round(gen, box, fmt, rows, idxs, n_per, agent,
+                                          seed_base=(seed * 7_919 + step * 104_729 + rounds * 1_299_709) % (2**40))
+            for k, (i, trajs) in enumerate(zip(idxs, groups)):
+                gid = f"{step}:{rounds}:{k}"
+                scored = [(t, *_score(rows[i], t, rl, agent.max_response_tokens)) for t in trajs]
+                samples = [_Sample(t, gid, s, a, r) for t, s, a, r in scored]
+                if peers.resample_on_correct:
+                    keep = resample_on_correct([(s.traj, s.score, s.acc) for s in samples], rl.n, rng)
+                    samples = [samples[j] for j in keep]
+                all_samples.extend(samples)
+                if rl.dynamic_sampling and len({s.reward for s in samples}) == 1:
+                    continue  # DAPO: a group with one reward value has zero advantage
+                kept.extend(samples)
+            rounds += 1
+        rollout_s = time.perf_counter() - t_roll
+        if rl.dynamic_sampling:
+            groups_kept = list(dict.fromkeys(s.group for s in kept))[: rl.batch_prompts]
+            kept = [s for s in kept if s.group in set(groups_kept)]
+        if peers.void_turn_filter:
+            for s in kept:
+                s.in_loss = not has_void_turn(s.traj, fmt)
+        upd = _update(kept) if kept else {"updated": False}
+        m = _step_metrics(all_samples, kept)
+        m.update(upd)
+        m.update({"rollout_s": rollout_s, "sampling_rounds": rounds})
+        return m
+
+    def _update(samples: list[_Sample]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        prompts = [s.traj.prompt_ids for s in samples]
+        responses = [s.traj.response_ids if s.traj.response_ids else [pad] for s in samples]
+        mask = _pad([s.traj.response_mask if s.traj.response_ids else [0] for s in samples], 0)
+        for i, s in enumerate(samples):
+            if not s.in_loss:
+                mask[i] = 0
+        adv = grpo_advantages([s.reward for s in samples], mask, [s.group for s in samples],
+                              norm_by_std=rl.norm_adv_by_std)
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+        # Old log-probs are recomputed on the final (purified) sequences (CLEANER.md step 6).
+        old = torch.zeros_like(adv)
+        with torch.no_grad():
+            for mb in _micro_batches(lengths, rl.micro_batch_tokens):
+                lp, _ = sequence_logprobs(model, [prompts[i] for i in mb], [responses[i] for i in mb], pad)
+                old[mb, : lp.shape[1]] = lp
+        model.train()
+        groups = list(dict.fromkeys(s.group for s in samples))
+        per_mini = max(1, len(groups) * rl.mini_batch_prompts // rl.batch_prompts)
+        stats: dict[str, list[float]] = {"pg_loss": [], "clipfrac": [], "clipfrac_lower": [], "ppo_kl": [],
+                                         "grad_norm": [], "entropy": []}
+        for _ in range(rl.ppo_epochs):
+            order = groups[:]
+            random.Random(f"mb:{seed}:{step}").shuffle(order)
+            for g0 in range(0, len(order), per_mini):
+                gset = set(order[g0 : g0 + per_mini])
+                idx = [i for i, s in enumerate(samples) if s.group in gset]
+                n_tok = int(mask[idx].sum())
+                if n_tok == 0:
+                    continue
+                lr = lr_at(step, base_lr=rl.lr, warmup_steps=rl.warmup_steps, total_steps=rl.steps,
+                           schedule=rl.lr_schedule)
+                for gparam in opt.param_groups:
+                    gparam["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                ent_sum, ent_n = 0.0, 0
+                for mb_local in _micro_batches([lengths[i] for i in idx], rl.micro_batch_tokens):
+                    mb = [idx[j] for j in mb_local]
+                    lp, ent = sequence_logprobs(model, [prompts[i] for i in mb], [responses[i] for i in mb], pad,
+                                                with_entropy=True)
+                    w = lp.shape[1]
+                    loss, pm = policy_loss(old[mb, :w], lp, adv[mb, :w], mask[mb, :w], actor_cfg,
+                                           batch_num_tokens=n_tok, global_batch_size=len(idx))
+                    if rl.entropy_coef:
+                        ent_w = (ent * mask[mb, :w]).sum() / n_tok
+                        loss = loss - rl.entropy_coef * ent_w
+                    loss.backward()
+                    stats["pg_loss"].append(float(loss))
+                    stats["clipfrac"].append(pm["actor/pg_clipfrac"])
+                    stats["clipfrac_lower"].append(pm["actor/pg_clipfrac_lower"])
+                    stats["ppo_kl"].append(pm["actor/ppo_kl"])
+                    ent_sum += float((ent * mask[mb, :w]).sum())
+                    ent_n += int(mask[mb, :w].sum())
+                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip)
+                opt.step()
+                stats["grad_norm"].append(float(gn))
+                stats["entropy"].append(ent_sum / max(ent_n, 1))
+        model.eval()
+        out = {k: _mean(v) for k, v in stats.items()}
+        out.update({"updated": True, "update_s": time.perf_counter() - t0, "lr": lr_at(
+            step, base_lr=rl.lr, warmup_steps=rl.warmup_steps, total_steps=rl.steps, schedule=rl.lr_schedule),
+            "trained_trajectories": sum(s.in_loss for s in samples)})
+        return out
+
+    asyncio.run(run_steps())
+    metrics.close()
+    if step >= rl.steps or stop_after is None:
+        _save_final(model, tok, out)
+    summary = {"steps": step, "elapsed_s": elapsed, "complete": step >= rl.steps,
+               "model_dir": str(out / "final") if step >= rl.steps else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _agent_dict(agent: AgentConfig) -> dict[str, Any]:
+    d = asdict(agent)
+    return d
+
+
+def _step_metrics(all_samples: list[_Sample], kept: list[_Sample]) -> dict[str, Any]:
+    st = [s.traj.stats for s in all_samples]
+    n = max(len(st), 1)
+    m: dict[str, Any] = {
+        "reward": _mean([s.reward for s in all_samples]),
+        "score": _mean([s.score for s in all_samples]),
+        "acc": _mean([float(s.acc) for s in all_samples]),
+        "trajectories": len(all_samples),
+        "kept_trajectories": len(kept),
+        "response_length": _mean([s["response_length"] for s in st]),
+        "generated_tokens": _mean([s["generated_tokens"] for s in st]),
+        "turns": _mean([s["turns"] for s in st]),
+        "tool_calls_before": sum(s["tool_calls_before"] for s in st) / n,
+        "tool_calls_after": sum(s["tool_calls_after"] for s in st) / n,
+        "tool_failures_before": sum(s["tool_failures_before"] for s in st) / n,
+        "tool_failures_after": sum(s["tool_failures_after"] for s in st) / n,
+        "first_attempt_failure_rate": (
+            sum(s["first_attempt_failures"] for s in st) / max(1, sum(s["first_attempt_calls"] for s in st))
+        ),
+        "malformed_calls": sum(s["malformed_calls"] for s in st) / n,
+        "finish_length": sum(s["finish_reason"] == "length" for s in st) / n,
+    }
+    for k in ("triggered", "recovered", "failed", "shallow", "deep", "retries"):
+        m[f"saar_{k}"] = sum(s[k] for s in st) / n
+    return m
+
+
+def _save_final(model: Any, tok: Any, out: Path) -> None:
+    import shutil
+
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    final = out / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
