@@ -465,6 +465,48 @@ async def test_response_never_exceeds_max_response_tokens(chat_format, box):
     assert traj.stats["tool_failures_after"] == 1 and len(gen.calls) == 1
 
 
+async def test_retry_cut_by_budget_keeps_failure(chat_format, box):
+    """The budget ends inside a retry: the failure stays and the cut retry follows it (chain abandoned)."""
+    fmt, q = chat_format, "Compute x times seven."
+    t_fail, retry = call_turn(fmt, "x*y", NAME_ERR), call_turn(fmt, "fix", NAME_FIX)
+    err = await tool_text(box, NAME_ERR, make_cfg())
+    ids, mask = expected(fmt, ("model", t_fail), ("tool", err))
+    limit = len(ids) + 5
+    gen = ScriptedGenerator(fmt, {q: [t_fail, retry, final_turn("\\boxed{42}")]})
+    traj = await run_agent(gen, box, fmt, user(q), make_cfg(max_response_tokens=limit), seed=0)
+    assert_sequence(traj, fmt, ids + fmt.encode(retry)[:5], mask + [1] * 5)
+    assert traj.finish_reason == "length" and len(traj.response_ids) == limit
+    assert traj.stats["stop_reason"] == "abandoned" and traj.stats["retries"] == 1
+    assert traj.stats["tool_calls_before"] == 1 and traj.stats["tool_failures_after"] == 1
+    assert traj.stats["malformed_calls"] == 0 and traj.stats["spliced"] is False
+
+
+async def test_attempt_cap_stops_saar(chat_format, box):
+    fmt, q = chat_format, "Print a."
+    cfg = make_cfg(SaarConfig(enabled=True, max_retries=5, max_tool_attempts=2))
+    t1, r1 = call_turn(fmt, "a1.", "print(a1)"), call_turn(fmt, "a2.", "print(a2)")
+    t3 = final_turn("\\boxed{0}")
+    gen = ScriptedGenerator(fmt, {q: [t1, r1, t3]})
+    traj = await run_agent(gen, box, fmt, user(q), cfg, seed=0)
+    err = await tool_text(box, "print(a2)", cfg)
+    kept = call_turn(fmt, "a1.", "print(a2)")
+    assert_sequence(traj, fmt, *expected(fmt, ("model", kept), ("tool", f"{err}\n{attempted_note_text(2)}"),
+                                         ("model", t3)))
+    assert traj.stats["stop_reason"] == "attempt_cap" and traj.stats["retries"] == 1 and traj.stats["failed"] == 1
+
+
+async def test_engine_without_logprobs_gives_none(chat_format, box):
+    class NoLogprobs(ScriptedGenerator):
+        async def generate(self, prompt_ids, sampling):
+            out = await super().generate(prompt_ids, sampling)
+            return GenerationOutput(out.token_ids, None, out.finish_reason)
+
+    fmt, q = chat_format, "What is 6*7?"
+    gen = NoLogprobs(fmt, {q: [call_turn(fmt, "c", OK_CODE), final_turn("\\boxed{42}")]})
+    traj = await run_agent(gen, box, fmt, user(q), make_cfg(logprobs=True), seed=0)
+    assert traj.answer == "42" and traj.rollout_logprobs is None
+
+
 async def test_turn_cut_by_max_turn_tokens_is_a_malformed_call(chat_format, box):
     fmt, q = chat_format, "What is 6*7?"
     t1 = call_turn(fmt, "Compute.", OK_CODE)

@@ -76,7 +76,7 @@ class Trajectory:
     prompt_ids: list[int]
     response_ids: list[int]
     response_mask: list[int]
-    rollout_logprobs: list[float] | None  # None when not requested or when a splice made them stale
+    rollout_logprobs: list[float] | None  # None when not requested, not returned by the engine, or stale (splice)
     response_text: str
     answer: str | None
     finish_reason: str  # answer | no_answer | max_turns | length
@@ -95,6 +95,7 @@ class _Run:
         self.generated_tokens = 0
         self.logprobs: list[float] = []
         self.spliced = False
+        self.logprobs_missing = False
         self.malformed = 0
 
     def sampling(self, max_new: int) -> SamplingParams:
@@ -112,6 +113,8 @@ class _Run:
     async def generate(self, context: list[int], budget: int) -> tuple[list[int], list[float], str]:
         out = await self.gen.generate(context, self.sampling(min(self.cfg.max_turn_tokens, budget)))
         self.generated_tokens += len(out.token_ids)
+        if out.logprobs is None:
+            self.logprobs_missing = True  # never report made-up log-probs
         lps = out.logprobs if out.logprobs is not None else [0.0] * len(out.token_ids)
         return list(out.token_ids), list(lps), out.finish_reason
 
@@ -185,6 +188,15 @@ async def run_agent(
                 ctl.abandon(position)
                 break
             new_ids, new_lps, new_reason = await run.generate(traj.ids + turn_ids + error_ids, room)
+            if new_reason == "length" and len(new_ids) >= room:
+                # The response budget ran out inside the retry: no correction can be executed. Keep the failure;
+                # the cut retry was generated on exactly that context and ends the rollout (as in step 5).
+                ctl.abandon(position)
+                commit(turn_ids, turn_lps, 1)
+                commit(error_ids, [], 0)
+                position += 1
+                pending = (new_ids, new_lps, new_reason)
+                break
             new_turn = parse_assistant(fmt.decode(new_ids))
             new_code = attempted_code(new_turn)
             old_start = find_call_token_start(turn_ids, tool_call_token_id=fmt.tool_call_open_id)
@@ -232,7 +244,7 @@ async def run_agent(
         "spliced": run.spliced,
         "finish_reason": finish,
     }
-    logprobs = run.logprobs if cfg.logprobs and not run.spliced else None
+    logprobs = run.logprobs if cfg.logprobs and not run.spliced and not run.logprobs_missing else None
     return Trajectory(
         prompt_ids=list(prompt_ids),
         response_ids=list(traj.response_ids),

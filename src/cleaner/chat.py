@@ -103,6 +103,8 @@ class ChatFormat:
         first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
         if first is None:
             raise ValueError("conversation has no assistant message")
+        if first == 0:
+            raise ValueError("conversation has no prompt: no system/user message before the first assistant message")
         prompt = self.prompt_ids(messages[:first], tools=tools)
         ids: list[int] = []
         mask: list[int] = []
@@ -118,7 +120,10 @@ class ChatFormat:
                 if code is not None and (k + 1 >= len(rest) or rest[k + 1].get("role") != "tool"):
                     raise ValueError(f"assistant message {first + k} calls a tool but no tool message follows")
             elif role == "tool":
-                seg = self.tool_response_ids(str(msg.get("content", "")))
+                prev = rest[k - 1] if k > 0 else {}
+                if not (prev.get("role") == "tool" or (prev.get("role") == "assistant" and prev.get("tool_calls"))):
+                    raise ValueError(f"message {first + k}: tool message without a preceding tool call")
+                seg = self.tool_response_ids(str(msg.get("content") or ""))
                 ids += seg
                 mask += [0] * len(seg)
             else:

@@ -23,6 +23,7 @@ import asyncio
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 
 from cleaner.agent import AgentConfig, Trajectory, run_agent
 from cleaner.chat import ChatFormat
+from cleaner.train.packing import pack_sequences
 from cleaner.train.common import MetricsLog, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint
 
 __all__ = ["PeersConfig", "RLConfig", "grpo_advantages", "policy_loss", "train_rl"]
@@ -154,37 +156,48 @@ def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 
 def sequence_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-                      *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of the response tokens, right-padded to the longest response: [B, R]."""
+                      *, with_entropy: bool = False, pack_length: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of the response tokens, right-padded to the longest response: [B, R].
+
+    Sequences are packed into rows (block-diagonal causal mask), so no compute goes to padding.
+    """
     full = [list(p) + list(r) for p, r in zip(prompts, responses)]
-    ids = _pad(full, pad_id)
-    attn = _pad([[1] * len(s) for s in full], 0)
-    logits = model(input_ids=ids, attention_mask=attn).logits.float()
+    packed = pack_sequences(full, pack_length, pad_id)
+    logits = packed.forward(model).float()
     r_len = max(len(r) for r in responses)
     B = len(full)
+    rows, cols, tgt, out_rows, out_cols = [], [], [], [], []
+    for i, ((row, start, _), p, r) in enumerate(zip(packed.spans, prompts, responses)):
+        n = len(r)
+        if not n:
+            continue
+        rows += [row] * n
+        cols += list(range(start + len(p) - 1, start + len(p) - 1 + n))
+        tgt += list(r)
+        out_rows += [i] * n
+        out_cols += list(range(n))
     out = torch.zeros((B, r_len), dtype=torch.float32)
     ent = torch.zeros((B, r_len), dtype=torch.float32) if with_entropy else None
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        if not r:
-            continue
-        lg = logits[i, len(p) - 1 : len(p) - 1 + len(r)]
-        lp = torch.log_softmax(lg, dim=-1)
-        out[i, : len(r)] = lp.gather(1, torch.tensor(list(r))[:, None])[:, 0]
+    if rows:
+        lp = torch.log_softmax(logits[torch.tensor(rows), torch.tensor(cols)], dim=-1)
+        picked = lp.gather(1, torch.tensor(tgt)[:, None])[:, 0]
+        out = out.index_put((torch.tensor(out_rows), torch.tensor(out_cols)), picked)
         if ent is not None:
-            ent[i, : len(r)] = -(lp.exp() * lp).sum(-1).detach()
+            ent[torch.tensor(out_rows), torch.tensor(out_cols)] = -(lp.exp() * lp).sum(-1).detach()
     return out, ent
 
 
 def _micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Group trajectory indices into micro-batches of at most ``budget`` padded tokens (sorted by length)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    """Group trajectory indices into micro-batches of at most ``budget`` tokens (packed, so lengths add up)."""
     batches: list[list[int]] = []
     cur: list[int] = []
-    for i in order:
-        if cur and (len(cur) + 1) * max(lengths[j] for j in cur + [i]) > budget:
+    total = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if cur and total + lengths[i] > budget:
             batches.append(cur)
-            cur = []
+            cur, total = [], 0
         cur.append(i)
+        total += lengths[i]
     if cur:
         batches.append(cur)
     return batches
@@ -310,6 +323,7 @@ def train_rl(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed_s"]
+        print(f"rl: resuming from checkpoint {latest} (step {step} of {rl.steps})", file=sys.stderr, flush=True)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step)
     (out / "config.json").write_text(json.dumps({"rl": asdict(rl), "agent": _agent_dict(agent),
                                                   "peers": asdict(peers), "seed": seed}, indent=2, default=str))
@@ -451,7 +465,7 @@ def train_rl(
 
     asyncio.run(run_steps())
     metrics.close()
-    if step >= rl.steps or stop_after is None:
+    if step >= rl.steps:
         _save_final(model, tok, out)
     summary = {"steps": step, "elapsed_s": elapsed, "complete": step >= rl.steps,
                "model_dir": str(out / "final") if step >= rl.steps else None}

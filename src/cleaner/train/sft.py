@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from cleaner.chat import ChatFormat
+from cleaner.train.packing import pack_sequences
 from cleaner.train.common import MetricsLog, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint
 
 __all__ = ["SFTConfig", "encode_sft_examples", "train_sft"]
@@ -91,26 +93,24 @@ def encode_sft_examples(
     return examples, too_long
 
 
-def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    attn = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (x, y) in enumerate(batch):
-        ids[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(y)] = torch.tensor(y)
-        attn[i, : len(x)] = 1
-    return ids, labels, attn
+def packed_loss(model: Any, batch: Sequence[tuple[list[int], list[int]]], *, max_len: int,
+                pad_id: int) -> tuple[torch.Tensor, int, int]:
+    """Token-mean cross-entropy over the labelled tokens of ``batch`` (packed rows, no padding waste).
 
-
-def token_mean_loss(model: Any, ids: torch.Tensor, labels: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, int]:
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1, :].float()
+    Returns (loss, labelled tokens, real tokens). A sequence's first label is always -100 (prompt), so the
+    prediction across a packing boundary is never trained.
+    """
+    packed = pack_sequences([ids for ids, _ in batch], max_len, pad_id)
+    labels = torch.full(packed.input_ids.shape, IGNORE, dtype=torch.long)
+    for (row, start, n), (_, y) in zip(packed.spans, batch):
+        labels[row, start : start + n] = torch.tensor(y)
+    logits = packed.forward(model)[:, :-1, :].float()
     target = labels[:, 1:]
-    n = int((target != IGNORE).sum())
+    n_lab = int((target != IGNORE).sum())
     loss = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
-    return loss / max(n, 1), n
+    return loss / max(n_lab, 1), n_lab, sum(len(ids) for ids, _ in batch)
 
 
 def train_sft(
@@ -162,6 +162,7 @@ def train_sft(
         step, elapsed, tokens_seen = state["step"], state["elapsed_s"], state["tokens_seen"]
         order_rng_state = state["order_rng"]
         torch.set_rng_state(state["torch_rng"])
+        print(f"sft: resuming from checkpoint {latest} (step {step} of {cfg.max_steps})", file=sys.stderr, flush=True)
     order_rng = random.Random(cfg.seed)
     if order_rng_state is not None:
         order_rng.setstate(order_rng_state)
@@ -184,12 +185,11 @@ def train_sft(
             break
         t0 = time.perf_counter()
         batch = [examples[order_rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
-        ids, labels, attn = _collate(batch, pad)
         lr = lr_at(step, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
                    min_lr_ratio=cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, n_tok = token_mean_loss(model, ids, labels, attn)
+        loss, n_tok, real_tokens = packed_loss(model, batch, max_len=cfg.max_length, pad_id=pad)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -197,11 +197,11 @@ def train_sft(
         step += 1
         dt = time.perf_counter() - t0
         elapsed += dt
-        tokens_seen += int(attn.sum())
+        tokens_seen += real_tokens
         last_loss = float(loss)
         if step % cfg.log_every == 0:
             metrics.write({"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(gnorm),
-                           "loss_tokens": n_tok, "tokens_per_s": int(attn.sum()) / dt, "elapsed_s": elapsed})
+                           "loss_tokens": n_tok, "tokens_per_s": real_tokens / dt, "elapsed_s": elapsed})
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.1e}")
         if step % cfg.checkpoint_every == 0:

@@ -1,0 +1,166 @@
+"""The embedded GRPO/DAPO trainer: same objective as verl, packing, peers, checkpoint/resume."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cleaner.train.rl import (
+    RLConfig,
+    _actor_config,
+    _micro_batches,
+    grpo_advantages,
+    policy_loss,
+    resample_on_correct,
+    sequence_logprobs,
+)
+
+
+def test_grpo_advantages_equal_verl_compute_advantage():
+    from verl import DataProto
+    from verl.trainer.ppo.core_algos import AdvantageEstimator
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    g = torch.Generator().manual_seed(0)
+    B, L = 12, 9
+    lengths = torch.randint(1, L + 1, (B,), generator=g)
+    mask = (torch.arange(L)[None] < lengths[:, None]).long()
+    mask[3, 2] = 0  # a tool token inside the response
+    scores = [float(x) for x in torch.randint(-1, 2, (B,), generator=g)]
+    uids = [f"p{i // 4}" for i in range(B)]
+    ours = grpo_advantages(scores, mask, uids)
+
+    rewards = torch.zeros(B, L)
+    for i in range(B):
+        rewards[i, int(lengths[i]) - 1] = scores[i]
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask.float()},
+                               non_tensors={"uid": np.array(uids, dtype=object)})
+    theirs = compute_advantage(data, adv_estimator=AdvantageEstimator.GRPO, norm_adv_by_std_in_grpo=True)
+    assert torch.allclose(ours, theirs.batch["advantages"], atol=1e-6)
+    # Group-normalised: zero mean per group on each sequence's (constant) advantage.
+    for p in set(uids):
+        idx = [i for i, u in enumerate(uids) if u == p]
+        per_seq = torch.stack([ours[i, 0] for i in idx])
+        assert abs(float(per_seq.mean())) < 1e-5
+
+
+def _manual_dapo_loss(old, new, adv, mask, lo, hi, c):
+    ratio = torch.exp(new - old)
+    l1 = -adv * ratio
+    l2 = -adv * torch.clamp(ratio, 1 - lo, 1 + hi)
+    clipped = torch.maximum(l1, l2)
+    dual = torch.minimum(-adv * c, clipped)
+    loss = torch.where(adv < 0, dual, clipped)
+    return (loss * mask).sum() / mask.sum()
+
+
+def test_policy_loss_is_dapo_clip_higher_dual_clip_token_mean():
+    g = torch.Generator().manual_seed(1)
+    B, L = 6, 11
+    old = -torch.rand(B, L, generator=g) * 3
+    new = old + torch.randn(B, L, generator=g) * 2.0  # large ratios (> c = 10 too): every clip branch is hit
+    adv = torch.randn(B, L, generator=g) * 2
+    mask = (torch.rand(B, L, generator=g) > 0.2).float()
+    cfg = RLConfig(batch_prompts=2, n=3, mini_batch_prompts=1)
+    actor = _actor_config(cfg, B)
+    loss, metrics = policy_loss(old, new, adv, mask, actor, batch_num_tokens=int(mask.sum()), global_batch_size=B)
+    ref = _manual_dapo_loss(old, new, adv, mask, 0.2, 0.28, 10.0)
+    assert torch.allclose(loss, ref, atol=1e-6)
+    assert 0 < metrics["actor/pg_clipfrac"] < 1 and metrics["actor/pg_clipfrac_lower"] > 0
+
+
+def test_micro_batch_losses_sum_to_the_mini_batch_token_mean():
+    g = torch.Generator().manual_seed(2)
+    B, L = 8, 7
+    old = -torch.rand(B, L, generator=g)
+    new = old + 0.1 * torch.randn(B, L, generator=g)
+    adv = torch.randn(B, L, generator=g)
+    mask = (torch.rand(B, L, generator=g) > 0.3).float()
+    actor = _actor_config(RLConfig(batch_prompts=2, n=4, mini_batch_prompts=1), B)
+    n_tok = int(mask.sum())
+    whole, _ = policy_loss(old, new, adv, mask, actor, batch_num_tokens=n_tok, global_batch_size=B)
+    parts = sum(policy_loss(old[s], new[s], adv[s], mask[s], actor, batch_num_tokens=n_tok, global_batch_size=B)[0]
+                for s in (slice(0, 3), slice(3, 8)))
+    assert torch.allclose(whole, parts, atol=1e-6)
+
+
+def test_packed_logprobs_match_separate_forward_and_carry_gradients(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    responses = [[20, 21, 22], [23], [24, 25, 26, 27, 28]]
+    lp, ent = sequence_logprobs(model, prompts, responses, 0, with_entropy=True, pack_length=8)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        with torch.no_grad():
+            full = model(torch.tensor([p + r])).logits[0].log_softmax(-1)
+        ref = torch.tensor([full[len(p) - 1 + j, t] for j, t in enumerate(r)])
+        assert torch.allclose(lp[i, : len(r)], ref, atol=1e-5)
+        assert float(lp[i, len(r):].abs().sum()) == 0.0
+        assert (ent[i, : len(r)] > 0).all()
+    lp.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_micro_batches_respect_the_token_budget():
+    lengths = [100, 40, 300, 20, 250, 90]
+    batches = _micro_batches(lengths, 400)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for b in batches:
+        assert sum(lengths[i] for i in b) <= 400 or len(b) == 1
+
+
+class _T:
+    def __init__(self, failures):
+        self.stats = {"tool_failures_after": failures, "malformed_calls": 0}
+
+
+def test_resample_on_correct_keeps_cleanest_correct_and_proportion():
+    group = [(_T(f), 1.0, True) for f in (2, 0, 1, 0)] + [(_T(0), -1.0, False) for _ in range(4)]
+    keep = resample_on_correct(group, 4, random.Random(0))
+    assert len(keep) == 4
+    pos = [i for i in keep if group[i][2]]
+    assert len(pos) == 2 and sorted(group[i][0].stats["tool_failures_after"] for i in pos) == [0, 0]
+
+
+def test_rl_config_validation():
+    with pytest.raises(ValueError, match="mini_batch_prompts"):
+        RLConfig.from_dict({"batch_prompts": 4, "mini_batch_prompts": 3})
+    with pytest.raises(ValueError, match="unknown"):
+        RLConfig.from_dict({"learning_rate": 1})
+    with pytest.raises(ValueError, match="kl_coef"):
+        RLConfig.from_dict({"kl_coef": 0.1})
+
+
+@pytest.mark.slow
+def test_train_rl_runs_and_resumes_from_checkpoint(tiny_model_dir, tmp_path, capfd):
+    from cleaner.agent import AgentConfig
+    from cleaner.data.schema import write_rl_parquet
+    from cleaner.saar import SaarConfig
+    from cleaner.testbed.data import TestbedDataConfig, build_rl_row, generate_problems
+    from cleaner.train.rl import train_rl
+
+    probs = generate_problems(TestbedDataConfig(n_sft=1, n_rl_train=6, n_val=1, n_test=1))["rl_train"]
+    train = tmp_path / "train.parquet"
+    write_rl_parquet([build_rl_row(p, split="train", index=i) for i, p in enumerate(probs)], train)
+    rl = RLConfig(steps=3, lr=1e-3, warmup_steps=0, batch_prompts=2, n=2, mini_batch_prompts=1,
+                  overlong_buffer=32, checkpoint_every=1)
+    agent = AgentConfig(max_turns=2, max_response_tokens=64, max_turn_tokens=32, tool_timeout_s=2.0,
+                        tool_memory_mb=256, saar=SaarConfig(enabled=True))
+    out = tmp_path / "rl"
+    first = train_rl(tiny_model_dir, train, out, rl=rl, agent=agent, seed=0, progress=False, stop_after=2)
+    assert first["steps"] == 2 and not first["complete"] and not (out / "final").exists()
+    assert (out / "checkpoints" / "step_2" / "state.pt").exists()
+    second = train_rl(tiny_model_dir, train, out, rl=rl, agent=agent, seed=0, progress=False)
+    assert second["steps"] == 3 and second["complete"] and (out / "final" / "config.json").exists()
+    assert "resuming from checkpoint" in capfd.readouterr().err
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("reward", "acc", "tool_failures_before", "tool_failures_after", "saar_triggered", "saar_shallow",
+                "saar_deep", "entropy", "clipfrac", "step_time_s", "response_length"):
+        assert key in row
