@@ -5,13 +5,13 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-validate(config, "../config/schema.yaml")
-
-# The package's own validation also checks every experiment after its overrides are merged.
+# The package's validation first: one line per bad field ("rl.clip_ratio_c: 0.5 is less than ..."), and every
+# experiment checked again after its overrides are merged. Then Snakemake's own, against the same schema file.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from cleaner.config import resolve_experiment, validate_config  # noqa: E402
 
 validate_config(config)
+validate(config, "../config/schema.yaml")
 if config["engine"] == "embedded" and config["data"]["source"] != "testbed":
     raise ValueError("config: engine 'embedded' trains the testbed model; use engine 'verl' for data.source 'real'")
 
@@ -22,13 +22,12 @@ ENGINE = config["engine"]
 
 def _cli():
     """How rules call the package: the interpreter running Snakemake, or the job's env with --sdm conda."""
-    if os.environ.get("CLEANER_CLI"):
-        return os.environ["CLEANER_CLI"]
     methods = {str(m).lower() for m in workflow.deployment_settings.deployment_method}
     return "python -m cleaner" if any("conda" in m for m in methods) else f"{sys.executable} -m cleaner"
 
 
 CLI = _cli()
+EVAL_CMD = f"{CLI} eval" if ENGINE == "embedded" else f"{CLI} verl eval"
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("pass one --configfile: the pipeline's CLI reads exactly the file Snakemake validated")
 if workflow.config_settings.config:

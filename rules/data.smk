@@ -21,8 +21,11 @@ if config["data"]["source"] == "testbed":
             runtime=30,
         conda:
             "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
         shell:
-            "{CLI} testbed make-data --config {CONFIGFILE} --out $(dirname {output.train}) > {log} 2>&1"
+            "{params.cli} testbed make-data --config {params.cfg} --out $(dirname {output.train}) > {log} 2>&1"
 
 else:
 
@@ -41,9 +44,11 @@ else:
         conda:
             "../envs/cpu.yaml"
         params:
+            cli=CLI,
+            cfg=CONFIGFILE,
             mix=config["data"]["rl_mix_key"],
         shell:
-            "{CLI} data prepare-rl --config {CONFIGFILE} --mix {params.mix} --out {output.train} "
+            "{params.cli} data prepare-rl --config {params.cfg} --mix {params.mix} --out {output.train} "
             "--report {output.report} > {log} 2>&1"
 
     rule real_sft_data:
@@ -58,8 +63,11 @@ else:
             runtime=60,
         conda:
             "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
         shell:
-            "{CLI} data prepare-sft --config {CONFIGFILE} --out {output.sft} > {log} 2>&1"
+            "{params.cli} data prepare-sft --config {params.cfg} --out {output.sft} > {log} 2>&1"
 
     rule real_eval_data:
         output:
@@ -73,6 +81,9 @@ else:
             runtime=60,
         conda:
             "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
         shell:
-            "{CLI} data prepare-eval --config {CONFIGFILE} --only {wildcards.split} --out-dir $(dirname {output}) "
+            "{params.cli} data prepare-eval --config {params.cfg} --only {wildcards.split} --out-dir $(dirname {output}) "
             "--report {output}.report.json > {log} 2>&1"

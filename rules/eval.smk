@@ -1,10 +1,6 @@
 # Agentic evaluation (with the tool) of the SFT model and of every RL run on every eval split.
 
 
-def _eval_cmd():
-    return f"{CLI} eval" if ENGINE == "embedded" else f"{CLI} verl eval"
-
-
 rule eval_sft:
     input:
         model=sft_model(),
@@ -24,10 +20,11 @@ rule eval_sft:
     conda:
         "../envs/cpu.yaml" if ENGINE == "embedded" else "../envs/verl.yaml"
     params:
-        cmd=_eval_cmd(),
+        cmd=EVAL_CMD,
+        cfg=CONFIGFILE,
         experiment=EXPERIMENTS[0],
     shell:
-        "{params.cmd} --config {CONFIGFILE} --experiment {params.experiment} --model {input.model} "
+        "{params.cmd} --config {params.cfg} --experiment {params.experiment} --model {input.model} "
         "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
         "> {log} 2>&1"
 
@@ -51,9 +48,10 @@ rule eval:
     conda:
         "../envs/cpu.yaml" if ENGINE == "embedded" else "../envs/verl.yaml"
     params:
-        cmd=_eval_cmd(),
+        cmd=EVAL_CMD,
+        cfg=CONFIGFILE,
     shell:
-        "{params.cmd} --config {CONFIGFILE} --experiment {wildcards.exp} --model {input.model} "
+        "{params.cmd} --config {params.cfg} --experiment {wildcards.exp} --model {input.model} "
         "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
         "> {log} 2>&1"
 
@@ -72,5 +70,7 @@ rule eval_summary:
         runtime=5,
     conda:
         "../envs/cpu.yaml"
+    params:
+        cli=CLI,
     shell:
-        "{CLI} report merge-eval --out {output} {input} > {log} 2>&1"
+        "{params.cli} report merge-eval --out {output} {input} > {log} 2>&1"

@@ -19,5 +19,9 @@ rule report:
         runtime=10,
     conda:
         "../envs/cpu.yaml"
+    params:
+        cli=CLI,
+        cfg=CONFIGFILE,
+        res=lambda wildcards, input: str(Path(input.sft_evals[0]).parents[2]),
     shell:
-        "{CLI} report build --config {CONFIGFILE} --results {RES} --out-dir $(dirname {output.csv}) > {log} 2>&1"
+        "{params.cli} report build --config {params.cfg} --results {params.res} --out-dir $(dirname {output.csv}) > {log} 2>&1"

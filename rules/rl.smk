@@ -21,8 +21,11 @@ if ENGINE == "embedded":
             runtime=120,
         conda:
             "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
         shell:
-            "{CLI} rl --config {CONFIGFILE} --experiment {wildcards.exp} --seed {wildcards.seed} "
+            "{params.cli} rl --config {params.cfg} --experiment {wildcards.exp} --seed {wildcards.seed} "
             "--model {input.model} --data {input.train} --out $(dirname {output.model}) --threads {threads} "
             "> {log} 2>&1"
 
@@ -50,7 +53,10 @@ else:
             nodes=lambda wc: config["verl"]["nnodes"] if "verl" in config else 1,
         conda:
             "../envs/verl.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
         shell:
-            "{CLI} verl rl --config {CONFIGFILE} --experiment {wildcards.exp} --seed {wildcards.seed} "
+            "{params.cli} verl rl --config {params.cfg} --experiment {wildcards.exp} --seed {wildcards.seed} "
             "--model {input.model} --train {input.train} --val {input.val} --out $(dirname {output.model}) "
             "--overrides-out {output.overrides} > {log} 2>&1"

@@ -17,8 +17,11 @@ if ENGINE == "embedded":
             runtime=10,
         conda:
             "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
         shell:
-            "{CLI} testbed make-model --config {CONFIGFILE} --sft {input.sft} --out {output} > {log} 2>&1"
+            "{params.cli} testbed make-model --config {params.cfg} --sft {input.sft} --out {output} > {log} 2>&1"
 
     rule sft:
         input:
@@ -37,8 +40,11 @@ if ENGINE == "embedded":
             runtime=60,
         conda:
             "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
         shell:
-            "{CLI} sft --config {CONFIGFILE} --model {input.model} --data {input.data} "
+            "{params.cli} sft --config {params.cfg} --model {input.model} --data {input.data} "
             "--out $(dirname {output.model}) --threads {threads} > {log} 2>&1"
 
 else:
@@ -62,6 +68,9 @@ else:
             gpu_model="h200",
         conda:
             "../envs/verl.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
         shell:
-            "{CLI} verl sft --config {CONFIGFILE} --data {input.data} --out $(dirname {output.model}) "
+            "{params.cli} verl sft --config {params.cfg} --data {input.data} --out $(dirname {output.model}) "
             "--overrides-out {output.overrides} > {log} 2>&1"

@@ -192,8 +192,8 @@ async def test_clean_trajectory(chat_format, box):
     assert traj.stats["generated_tokens"] == sum(mask) and traj.stats["spliced"] is False
     assert traj.rollout_logprobs is None  # not requested
     # The generator saw the prompt, then prompt + turn + tool response; seeds differ per request.
-    assert [c.context for c in gen.calls] == [traj.prompt_ids, traj.prompt_ids + ids[: len(fmt.encode(t1)) + len(
-        fmt.tool_response_ids("42\n"))]]
+    assert [c.context for c in gen.calls] == [traj.prompt_ids,
+                                              traj.prompt_ids + fmt.encode(t1) + fmt.tool_response_ids("42\n")]
     sp = [c.sampling for c in gen.calls]
     assert fmt.tool_call_close_id in sp[0].stop_token_ids and fmt.end_of_turn_id in sp[0].stop_token_ids
     assert sp[0].seed != sp[1].seed and sp[0].max_new_tokens == cfg.max_turn_tokens

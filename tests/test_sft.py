@@ -112,12 +112,15 @@ def test_resume_after_kill_reproduces_the_run(tiny_model_dir, sample_conversatio
     shutil.rmtree(killed / "checkpoints" / "step_8")
     shutil.rmtree(killed / "final")
     (killed / "summary.json").unlink()
-    lines = (killed / "metrics.jsonl").read_text().splitlines()[:6]
+    # Mark the surviving rows: rows up to the checkpoint must be kept, later ones rewritten by the rerun.
+    lines = [json.dumps({**json.loads(x), "before_kill": True}) for x in
+             (killed / "metrics.jsonl").read_text().splitlines()[:6]]
     (killed / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 7, "lo')
     summary = train_sft(tiny_model_dir, data, killed, cfg, progress=False)
 
     rows = read_metrics(killed)
     assert [r["step"] for r in rows] == list(range(1, 9))  # no duplicate, no missing step
+    assert [r.get("before_kill", False) for r in rows] == [True] * 4 + [False] * 4  # resumed at step 4
     assert summary["steps"] == 8
     for a, b in zip(rows, ref):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (a["step"], a["loss"], b["loss"])
@@ -132,6 +135,7 @@ def test_resume_after_kill_reproduces_the_run(tiny_model_dir, sample_conversatio
     summary = train_sft(tiny_model_dir, data, killed, longer, progress=False)
     rows = read_metrics(killed)
     assert summary["steps"] == 10 and [r["step"] for r in rows] == list(range(1, 11))
+    assert [r.get("before_kill", False) for r in rows[:4]] == [True] * 4  # not retrained from scratch
     assert rows[7]["loss"] == pytest.approx(ref[7]["loss"], rel=1e-5, abs=1e-6)
 
 

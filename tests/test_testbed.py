@@ -7,7 +7,6 @@ the SAAR similarity the method uses (CLEANER.md step 4, gamma 0.5).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections import Counter

@@ -3,19 +3,23 @@
 #
 #   scripts/slurm/cluster.sh start    write the config, start munged + slurmctld + slurmd, wait for the node
 #   scripts/slurm/cluster.sh stop     stop the daemons this script started (by their pid files)
-#   scripts/slurm/cluster.sh env      print `export SLURM_CONF=...` for clients (sbatch, squeue, snakemake)
 #
 # The cluster mirrors what slurm/partitions.yaml expects: partitions `cpu` (default) and `gpu` on one node,
 # and 4 fake H200 GPUs as GRES (`gpu:h200:4`) backed by character devices (SLURM only accepts character
 # devices as GRES files; `mknod c 1 3` makes /dev/null twins). No slurmdbd: accounting is off, so job state
 # must be read with squeue (ci-profile/config.yaml sets slurm-status-command: squeue; MinJobAge=300 keeps
 # finished jobs visible to squeue long enough).
-# Everything lives under $CLEANER_SLURM_DIR (default /var/tmp/cleaner-slurm); /etc/slurm is not touched.
+# The config goes to /etc/slurm/slurm.conf + gres.conf, the default path every client reads: SLURM_CONF would
+# not reach the job's own `srun` (the executor plugin's jobstep drops SLURM_* variables). An existing
+# slurm.conf that this script did not write is never overwritten. State, logs and the fake devices live under
+# $CLEANER_SLURM_DIR (default /var/tmp/cleaner-slurm).
 # Needs root (the daemons run as root; CI runs as root). Install the packages first: scripts/slurm/install.sh.
 set -euo pipefail
 
 DIR=${CLEANER_SLURM_DIR:-/var/tmp/cleaner-slurm}
-CONF=$DIR/etc/slurm.conf
+ETC=${CLEANER_SLURM_ETC:-/etc/slurm}
+CONF=$ETC/slurm.conf
+MARKER="# Written by scripts/slurm/cluster.sh"
 GPUS=${CLEANER_SLURM_FAKE_GPUS:-4}
 GPU_TYPE=${CLEANER_SLURM_GPU_TYPE:-h200}
 # The node advertises a GPU node's CPUs and memory (SlurmdParameters=config_overrides: slurmd does not drain it
@@ -37,7 +41,11 @@ write_config() {
         echo "127.0.0.1 $host" >>/etc/hosts
         log "added $host to /etc/hosts"
     fi
-    mkdir -p "$DIR"/{etc,log,run,ctld,spool,dev}
+    mkdir -p "$DIR"/{log,run,ctld,spool,dev} "$ETC"
+    if [[ -e $CONF ]] && ! grep -qF "$MARKER" "$CONF"; then
+        log "$CONF exists and was not written by this script: not overwriting a real cluster's config"
+        exit 1
+    fi
 
     local files=()
     for ((i = 0; i < GPUS; i++)); do
@@ -48,7 +56,7 @@ write_config() {
     file_spec=$(IFS=,; echo "${files[*]}")
 
     cat >"$CONF" <<EOF
-# Written by scripts/slurm/cluster.sh: single-node test cluster (partitions cpu + gpu, fake GPUs).
+$MARKER: single-node test cluster (partitions cpu + gpu, fake GPUs).
 ClusterName=cleanerci
 SlurmctldHost=$host
 SlurmUser=root
@@ -85,14 +93,15 @@ NodeName=$host CPUs=$NODE_CPUS RealMemory=$NODE_MEM_MB Gres=gpu:$GPU_TYPE:$GPUS 
 PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$host Default=NO MaxTime=INFINITE State=UP
 EOF
-    cat >"$DIR/etc/gres.conf" <<EOF
+    cat >"$ETC/gres.conf" <<EOF
+$MARKER
 NodeName=$host Name=gpu Type=$GPU_TYPE File=$file_spec
 EOF
 }
 
 start_munge() {
-    if pgrep -x munged >/dev/null; then
-        return
+    if munge -n >/dev/null 2>&1; then
+        return  # a munged is already serving /run/munge (e.g. the system's): use it, leave it running
     fi
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
@@ -131,7 +140,6 @@ start() {
         exit 1
     fi
     command -v slurmctld >/dev/null || { log "slurmctld not found: run scripts/slurm/install.sh"; exit 1; }
-    export SLURM_CONF=$CONF
     if pid_alive "$DIR/run/slurmctld.pid"; then
         log "already running ($DIR)"
         return
@@ -147,7 +155,6 @@ start() {
 }
 
 stop() {
-    export SLURM_CONF=$CONF
     local pidfile
     for pidfile in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid"; do
         if pid_alive "$pidfile"; then
@@ -177,9 +184,8 @@ stop() {
 case ${1:-} in
     start) start ;;
     stop) stop ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
     *)
-        echo "usage: $0 start|stop|env" >&2
+        echo "usage: $0 start|stop" >&2
         exit 2
         ;;
 esac

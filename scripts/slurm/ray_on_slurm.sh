@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Run a command against a Ray cluster spanning this SLURM allocation (multi-node verl RL).
+#
+#   scripts/slurm/ray_on_slurm.sh COMMAND [ARGS...]
+#
+# On one node (SLURM_JOB_NUM_NODES unset or 1) it runs COMMAND directly: verl starts its own local Ray.
+# On N > 1 nodes it follows verl's multi-node SLURM recipe (docs "Multinode training", examples/slurm/
+# ray_on_slurm.slurm): `ray start --head` on the first node of the allocation and `ray start --address` on
+# the others, each through `srun --overlap` so the steps share the allocation with the job's own step; it
+# polls `ray status` until all N nodes have joined (never a fixed sleep), exports RAY_ADDRESS, runs COMMAND
+# on this node (the first one) and stops the Ray steps on exit, whatever COMMAND's outcome.
+#
+# Environment:
+#   CLEANER_RAY_ON_SLURM=force    start the Ray cluster even on one node (tests the multi-node path locally)
+#   CLEANER_RAY_PORT              head port (default 6379)
+#   CLEANER_RAY_TIMEOUT_S         how long to wait for all nodes to join (default 300)
+#   CLEANER_RAY_GPUS_PER_NODE     GPUs each node gives Ray (default: the count in CUDA_VISIBLE_DEVICES, else 0)
+#   CLEANER_RAY_CPUS_PER_NODE     CPUs each node gives Ray (default: SLURM_CPUS_ON_NODE, else nproc)
+#   RAY                           the `ray` CLI (default: `ray` beside COMMAND's interpreter, else on PATH)
+set -euo pipefail
+
+log() { echo "ray_on_slurm: $*" >&2; }
+
+if [[ $# == 0 ]]; then
+    echo "usage: $0 COMMAND [ARGS...]" >&2
+    exit 2
+fi
+
+nodes=${SLURM_JOB_NUM_NODES:-1}
+if [[ $nodes -le 1 && ${CLEANER_RAY_ON_SLURM:-} != force ]]; then
+    exec "$@"
+fi
+if [[ -z ${SLURM_JOB_ID:-} || -z ${SLURM_JOB_NODELIST:-} ]]; then
+    log "SLURM_JOB_NUM_NODES=$nodes but no SLURM allocation (SLURM_JOB_ID/SLURM_JOB_NODELIST unset)"
+    exit 2
+fi
+
+if [[ -z ${RAY:-} ]]; then
+    if [[ -x $(dirname -- "$1")/ray ]]; then
+        RAY=$(dirname -- "$1")/ray
+    else
+        RAY=$(command -v ray) || { log "no ray CLI found (set RAY=/path/to/ray)"; exit 2; }
+    fi
+fi
+port=${CLEANER_RAY_PORT:-6379}
+timeout_s=${CLEANER_RAY_TIMEOUT_S:-300}
+if [[ -n ${CLEANER_RAY_GPUS_PER_NODE:-} ]]; then
+    gpus=$CLEANER_RAY_GPUS_PER_NODE
+elif [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+    IFS=, read -r -a _devs <<<"$CUDA_VISIBLE_DEVICES"
+    gpus=${#_devs[@]}
+else
+    gpus=0
+fi
+cpus=${CLEANER_RAY_CPUS_PER_NODE:-${SLURM_CPUS_ON_NODE:-$(nproc)}}
+
+mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+head=${hosts[0]}
+if [[ ${#hosts[@]} -lt $nodes ]]; then
+    log "SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST names ${#hosts[@]} hosts, fewer than $nodes nodes"
+    exit 2
+fi
+# The head's address as the other nodes reach it (first address `hostname -I` lists on the head node).
+head_ip=$(srun --overlap --nodes=1 --ntasks=1 -w "$head" hostname -I | awk '{print $1}')
+address=$head_ip:$port
+
+step_pids=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if ((${#step_pids[@]})); then
+        log "stopping Ray (steps ${step_pids[*]})"
+        # srun forwards SIGTERM to the `ray start --block` tasks, which stop their Ray processes.
+        kill -TERM "${step_pids[@]}" 2>/dev/null || true
+        wait "${step_pids[@]}" 2>/dev/null || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 143' INT TERM
+
+log "head $head ($address), $nodes node(s), $cpus CPUs + $gpus GPUs each"
+srun --overlap --nodes=1 --ntasks=1 -w "$head" \
+    "$RAY" start --head --node-ip-address="$head_ip" --port="$port" \
+    --num-cpus="$cpus" --num-gpus="$gpus" --disable-usage-stats --block &
+step_pids+=($!)
+if ((nodes > 1)); then
+    srun --overlap --nodes=$((nodes - 1)) --ntasks=$((nodes - 1)) --ntasks-per-node=1 --exclude="$head" \
+        "$RAY" start --address="$address" --num-cpus="$cpus" --num-gpus="$gpus" --disable-usage-stats --block &
+    step_pids+=($!)
+fi
+
+# `ray status` lists one " 1 node_<id>" line per live node under "Active:".
+alive_nodes() {
+    "$RAY" status --address="$address" 2>/dev/null |
+        awk '/^Active:/ {on = 1; next} /^(Pending|Recent failures):/ {on = 0} on && /node_/ {n++} END {print n + 0}'
+}
+waited=0
+joined=0
+while :; do
+    joined=$(alive_nodes)
+    ((joined >= nodes)) && break
+    for pid in "${step_pids[@]}"; do
+        kill -0 "$pid" 2>/dev/null || { log "a Ray step exited before the cluster formed"; exit 1; }
+    done
+    if ((waited >= timeout_s)); then
+        log "only $joined of $nodes nodes joined after ${timeout_s}s"
+        exit 1
+    fi
+    sleep 5
+    waited=$((waited + 5))
+done
+log "Ray cluster up: $joined node(s) after ${waited}s"
+
+export RAY_ADDRESS=$address
+set +e
+"$@"
+rc=$?
+set -e
+exit "$rc"

@@ -1,0 +1,134 @@
+"""``cleaner verl ...``: write verl overrides, launch verl's trainers with them, convert checkpoints.
+
+Wire into the main CLI with ``cleaner.engines.verl.cli.add_commands(subparsers)``. Subcommands (handlers are set
+with ``set_defaults(func=...)`` and return the exit code):
+
+- ``verl overrides --config C --stage rl|sft|eval [--experiment E] --output-dir D [--train-files F..]
+  [--val-files F..] [--model-path M] [--seed S] [--out FILE]``: write the run's Hydra overrides (default
+  ``D/overrides.txt``) and, for tool arms, ``D/tool_config.yaml``;
+- ``verl train --overrides FILE --stage rl|sft|eval [--dry-run]``: run ``python -m verl.trainer.main_ppo``
+  (rl, eval) or ``torchrun -m verl.trainer.sft_trainer`` (sft) with the file's overrides; without CUDA GPUs (or
+  without the rollout engine) it stops with a one-line message and exit code 2;
+- ``verl convert CHECKPOINT_DIR TARGET_DIR [--step N]``: FSDP checkpoint -> HF directory (verl's model merger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+from cleaner.config import load_config
+
+EXIT_USAGE = 2
+
+__all__ = ["add_commands", "gpu_problem"]
+
+
+def _override_value(overrides: list[str], key: str) -> str | None:
+    for line in overrides:
+        k, sep, v = line.lstrip("+").partition("=")
+        if sep and k == key:
+            return v.strip("'")
+    return None
+
+
+def gpu_problem(overrides: list[str], stage: str) -> str | None:
+    """Why verl cannot run here (no CUDA GPU, rollout engine missing), or None when it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return ("verl training needs CUDA GPUs and none is visible here (torch.cuda.is_available() is False); "
+                "run this command on a GPU node (the overrides file is portable)")
+    if stage != "sft":
+        engine = _override_value(overrides, "actor_rollout_ref.rollout.name") or "sglang"
+        if find_spec(engine) is None:
+            return f"the rollout engine {engine!r} is not installed in this environment (pip install {engine})"
+    return None
+
+
+def cmd_overrides(args: argparse.Namespace) -> int:
+    from cleaner.engines.verl.overrides import prepare_run
+
+    config = load_config(args.config)
+    out_dir = Path(args.output_dir)
+    run = prepare_run(
+        config, args.experiment, args.stage, output_dir=out_dir, train_files=args.train_files,
+        val_files=args.val_files, model_path=args.model_path, seed=args.seed,
+        overrides_name=Path(args.out).name if args.out else "overrides.txt",
+    )
+    if args.out and Path(args.out).resolve() != run.overrides_path:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(run.overrides_path.read_text())
+    print(run.overrides_path)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cleaner.engines.verl.overrides import ppo_command, read_overrides, sft_command
+
+    overrides = read_overrides(args.overrides)
+    if args.stage == "sft":
+        cmd = sft_command(overrides, nnodes=int(_override_value(overrides, "trainer.nnodes") or 1),
+                          n_gpus_per_node=int(_override_value(overrides, "trainer.n_gpus_per_node") or 1))
+    else:
+        cmd = ppo_command(overrides)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    problem = gpu_problem(overrides, args.stage)
+    if problem:
+        print(f"cleaner verl train: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    return subprocess.run(cmd, check=False).returncode
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from cleaner.engines.verl.convert import ConversionError, convert_checkpoint, find_actor_checkpoint
+
+    src = Path(args.checkpoint_dir)
+    try:
+        actor = src if (src / "fsdp_config.json").exists() else find_actor_checkpoint(src, args.step)
+        print(convert_checkpoint(actor, args.target_dir))
+    except ConversionError as exc:
+        print(f"cleaner verl convert: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    """Register ``verl`` with its subcommands on the main CLI's subparsers; returns the ``verl`` parser."""
+    verl = subparsers.add_parser(
+        "verl", help="paper-scale runs on verl 0.9.1 (overrides, train, convert)",
+        description="Build verl Hydra overrides from an experiment of a config, launch verl's trainers with "
+        "them on GPU nodes, and convert verl checkpoints to Hugging Face directories (docs/verl.md).",
+    )
+    sub = verl.add_subparsers(dest="verl_command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("overrides", help="write the Hydra overrides of one stage of one experiment")
+    p.add_argument("--config", required=True, help="pipeline config YAML")
+    p.add_argument("--stage", required=True, choices=("rl", "sft", "eval"))
+    p.add_argument("--experiment", help="experiment name (rl, eval)")
+    p.add_argument("--output-dir", required=True, help="run directory: checkpoints, rollouts, tool_config.yaml")
+    p.add_argument("--train-files", nargs="+", help="training parquet(s) (rl, sft)")
+    p.add_argument("--val-files", nargs="+", help="validation / evaluation parquet(s) (rl, eval)")
+    p.add_argument("--model-path", help="init model (rl: default verl.sft_model_path; sft: verl.model_path; "
+                   "eval: the HF checkpoint to score)")
+    p.add_argument("--seed", type=int, help="rl: default the experiment's first seed; eval: eval.seed")
+    p.add_argument("--out", help="overrides file (default OUTPUT_DIR/overrides.txt)")
+    p.set_defaults(func=cmd_overrides)
+
+    p = sub.add_parser("train", help="run verl with an overrides file (GPU nodes only)")
+    p.add_argument("--overrides", required=True, help="file written by `cleaner verl overrides`")
+    p.add_argument("--stage", required=True, choices=("rl", "sft", "eval"))
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("convert", help="verl FSDP checkpoint -> Hugging Face model directory")
+    p.add_argument("checkpoint_dir", help="trainer.default_local_dir, or one global_step_<N>/actor directory")
+    p.add_argument("target_dir")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    p.set_defaults(func=cmd_convert)
+    return verl

@@ -1,0 +1,235 @@
+"""verl override builder (cleaner.engines.verl.overrides): every experiment of both paper-shaped configs composes
+with verl 0.9.1's own Hydra configs (``ppo_trainer``, ``sft_trainer_engine``) and passes verl's config checks;
+recipe rows land on the right verl keys; bad settings fail with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cleaner.config import ConfigError, load_config, resolve_experiment
+from cleaner.engines.verl import AGENT_NAME, package_file
+from cleaner.engines.verl.overrides import (
+    arm,
+    build_eval_overrides,
+    build_ppo_overrides,
+    build_sft_overrides,
+    compose_ppo_config,
+    compose_sft_config,
+    hydra_value,
+    ppo_command,
+    prepare_run,
+    read_overrides,
+    sft_command,
+    validate_ppo_config,
+    write_overrides,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "verl"
+CONFIGS = ("paper_like_4b.yaml", "paper_like_7b.yaml")
+TRAIN = ["/data/open_agentrl_30k.parquet"]
+VAL = ["/data/aime24.parquet", "/data/aime25.parquet"]
+
+
+@pytest.fixture(scope="module")
+def configs() -> dict[str, dict]:
+    return {name: load_config(FIXTURES / name) for name in CONFIGS}
+
+
+def test_hydra_value_grammar():
+    assert hydra_value(None) == "null" and hydra_value(True) == "true" and hydra_value(3) == "3"
+    assert hydra_value(2e-6) == "2e-06"
+    assert hydra_value("/a/b-c.parquet") == "/a/b-c.parquet"
+    assert hydra_value("pkg://x.y") == "'pkg://x.y'"
+    assert hydra_value("it's") == "'it\\'s'"
+    assert hydra_value("true") == "'true'" and hydra_value("1e3") == "'1e3'"  # strings stay strings
+    assert hydra_value(["a", 1]) == "[a,1]"
+    assert hydra_value({"param_dtype": "fp16"}) == "{param_dtype:fp16}"
+    with pytest.raises(TypeError):
+        hydra_value(object())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_experiment_composes_and_validates(configs, name, tmp_path):
+    """RL and eval overrides of every experiment compose with ppo_trainer.yaml and pass verl's own checks."""
+    cfg = configs[name]
+    model = {"model_path": "/models/ra-sft"}
+    for exp in cfg["experiments"]:
+        resolved = resolve_experiment(cfg, exp)
+        rl = compose_ppo_config(build_ppo_overrides(cfg, exp, train_files=TRAIN, val_files=VAL,
+                                                    output_dir=tmp_path / exp, **model))
+        validate_ppo_config(rl)
+        ev = compose_ppo_config(build_eval_overrides(cfg, exp, val_files=VAL, output_dir=tmp_path / f"{exp}-eval",
+                                                     **model))
+        validate_ppo_config(ev)
+        r = rl.actor_rollout_ref.rollout
+        which = arm(resolved)
+        assert r.agent.default_agent_loop == {
+            "cleaner": AGENT_NAME, "tools": resolved["verl"]["baseline_agent_loop"], "notool": "single_turn_agent"}[which]
+        assert r.multi_turn.enable == (which != "notool")
+        # CLEANER arm: no rollout log-probs, no IS correction (CLEANER.md step 6); baseline: IS correction on.
+        assert r.calculate_log_probs == (which != "cleaner" and resolved["rl"]["rollout_is_correction"])
+        assert rl.algorithm.rollout_correction.rollout_is == ("token" if r.calculate_log_probs else None)
+        if r.agent.default_agent_loop == AGENT_NAME:
+            assert r.agent.agent_loop_config_path == str(package_file("agent_loops.yaml"))
+            assert rl.cleaner.saar.enabled == resolved["saar"]["enabled"]
+            assert rl.cleaner.saar.rollback_probability == resolved["saar"]["rollback_probability"]
+            assert rl.cleaner.mode == "train" and rl.cleaner.agent.max_turns == resolved["rollout"]["max_turns"]
+        else:
+            assert "cleaner" not in rl
+        # Evaluation: validation only, avg@k at top-p 0.6, SAAR off, one code path for every tool arm.
+        assert ev.trainer.val_only and ev.actor_rollout_ref.rollout.val_kwargs.n == resolved["eval"]["k"]
+        assert ev.actor_rollout_ref.rollout.val_kwargs.top_p == 0.6
+        assert not ev.actor_rollout_ref.rollout.calculate_log_probs
+        if which != "notool":
+            assert ev.actor_rollout_ref.rollout.agent.default_agent_loop == AGENT_NAME
+            assert ev.cleaner.mode == "eval" and ev.cleaner.saar.enabled is False
+
+
+def test_recipe_table_rows(configs, tmp_path):
+    """CLEANER.md's recipe table, row by row, for the Qwen3-4B column (read from our sections)."""
+    cfg = configs["paper_like_4b.yaml"]
+    c = compose_ppo_config(build_ppo_overrides(cfg, "cleaner", train_files=TRAIN, val_files=VAL,
+                                               output_dir=tmp_path, model_path="/models/ra-sft"))
+    a, r, alg = c.actor_rollout_ref.actor, c.actor_rollout_ref.rollout, c.algorithm
+    assert c.actor_rollout_ref.model.path == "/models/ra-sft"                                    # init
+    assert alg.adv_estimator == "grpo" and alg.norm_adv_by_std_in_grpo and not alg.use_kl_in_reward
+    assert not a.use_kl_loss and a.entropy_coeff == 0.0 and a.loss_agg_mode == "token-mean"    # algorithm
+    assert (a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c) == (0.2, 0.28, 10.0)           # clip
+    assert c.reward.custom_reward_function.path == "pkg://cleaner.engines.verl.reward"          # reward
+    assert c.reward.reward_manager.name == "CleanerRewardManager"
+    assert c.reward.reward_kwargs.overlong_buffer_cfg.enable and c.reward.reward_kwargs.overlong_buffer_cfg.len == 4096
+    assert c.reward.reward_kwargs.max_resp_len == 20480
+    assert c.reward.custom_reward_function.reward_kwargs.math_mode == "strict"
+    assert a.optim.lr == 2e-6 and a.optim.lr_warmup_steps == 20 and a.grad_clip == 1.0          # lr
+    assert a.optim.weight_decay == 0.01
+    assert c.data.train_batch_size == 128 and r.n == 16 and a.ppo_mini_batch_size == 32         # batch
+    assert a.ppo_epochs == 1 and c.trainer.total_epochs == 1 and c.trainer.total_training_steps == 235
+    assert c.data.max_prompt_length == 2560 and c.data.max_response_length == 20480             # lengths
+    assert r.prompt_length == 2560 and r.response_length == 20480
+    assert r.multi_turn.max_assistant_turns == 16 and c.cleaner.agent.max_turns == 16
+    assert (r.temperature, r.top_p) == (1.0, 1.0) and r.val_kwargs.top_p == 0.6                 # sampling
+    assert r.dtype == "float16" and a.fsdp_config.mixed_precision.param_dtype == "fp16"          # precision
+    assert a.fsdp_config.dtype == "float16"
+    saar = c.cleaner.saar                                                                        # SAAR
+    assert (saar.enabled, saar.max_retries, saar.gamma, saar.rollback_probability) == (True, 3, 0.5, 1.0)
+    assert c.trainer.nnodes == 1 and c.trainer.n_gpus_per_node == 4                               # hardware
+    assert a.strategy == "fsdp2" and a.fsdp_config.param_offload and a.fsdp_config.optimizer_offload
+    assert r.name == "sglang" and r.mode == "async"
+    assert not r.calculate_log_probs and alg.rollout_correction.rollout_is is None
+    assert a.ppo_max_token_len_per_gpu == 2560 + 20480
+    assert c.trainer.rollout_data_dir == str(tmp_path.resolve() / "rollouts")
+    # 7B column: lr 1e-6, p = 0.7, avg@32.
+    cfg7 = configs["paper_like_7b.yaml"]
+    c7 = compose_ppo_config(build_ppo_overrides(cfg7, "cleaner", train_files=TRAIN, val_files=VAL,
+                                                output_dir=tmp_path / "7b"))
+    assert c7.actor_rollout_ref.actor.optim.lr == 1e-6 and c7.cleaner.saar.rollback_probability == 0.7
+    assert c7.actor_rollout_ref.model.path == "/models/Qwen2.5-7B-RA-SFT"                        # verl.sft_model_path
+    ev7 = compose_ppo_config(build_eval_overrides(cfg7, "cleaner", val_files=VAL, output_dir=tmp_path / "e7",
+                                                  model_path="/m/hf"))
+    assert ev7.actor_rollout_ref.rollout.val_kwargs.n == 32
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_sft_overrides_compose(configs, name, tmp_path):
+    cfg = configs[name]
+    c = compose_sft_config(build_sft_overrides(cfg, train_files=["/data/sft_3k.parquet"], output_dir=tmp_path))
+    assert c.model.path == cfg["verl"]["model_path"]
+    assert c.data.messages_key == "messages" and c.data.tools_key == "tools"
+    assert c.data.train_batch_size == cfg["sft"]["batch_size"] and c.data.max_length == cfg["sft"]["max_length"]
+    assert c.optim.lr == cfg["sft"]["lr"] and c.trainer.total_training_steps == cfg["sft"]["max_steps"]
+    assert c.engine.strategy == "fsdp2" and c.trainer.total_epochs == 5 and c.data.val_files is None
+    assert c.trainer.default_local_dir == str(tmp_path.resolve() / "checkpoints")
+    assert sft_command(["a=1"], nnodes=1, n_gpus_per_node=4)[:4] == [
+        "torchrun", "--nnodes=1", "--nproc_per_node=4", "-m"]
+
+
+def test_bad_settings_name_the_field(configs, tmp_path):
+    cfg = copy.deepcopy(configs["paper_like_4b.yaml"])
+    kw = dict(train_files=TRAIN, val_files=VAL, output_dir=tmp_path, model_path="/m")
+    cfg["experiments"]["cleaner_is"] = {"saar": {"enabled": True}, "rl": {"rollout_is_correction": True}}
+    with pytest.raises(ConfigError, match="rollout_is_correction"):
+        build_ppo_overrides(cfg, "cleaner_is", **kw)
+    with pytest.raises(ConfigError, match="no model"):
+        build_ppo_overrides(cfg, "cleaner", train_files=TRAIN, val_files=VAL, output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        build_ppo_overrides(cfg, "nope", **kw)
+    cfg["rl"]["precision"] = "fp32"
+    with pytest.raises(ConfigError, match="rl.precision"):
+        build_ppo_overrides(cfg, "cleaner", **kw)
+    cfg["rl"]["precision"] = "bf16"
+    cfg["rl"]["overlong_buffer"] = 30000
+    with pytest.raises(ConfigError, match="overlong_buffer"):
+        build_ppo_overrides(cfg, "cleaner", **kw)
+    cfg["rl"]["overlong_buffer"] = 4096
+    cfg["verl"]["ppo_max_token_len_per_gpu"] = 1000
+    with pytest.raises(ConfigError, match="ppo_max_token_len_per_gpu"):
+        build_ppo_overrides(cfg, "cleaner", **kw)
+    with pytest.raises(ConfigError, match="train_files"):
+        build_ppo_overrides(configs["paper_like_4b.yaml"], "cleaner", train_files=[], val_files=VAL,
+                            output_dir=tmp_path, model_path="/m")
+
+
+def test_prepare_run_writes_overrides_and_tool_config(configs, tmp_path):
+    """The rule's files: overrides.txt (read back identically) and the tool YAML verl instantiates our tool from."""
+    from verl.tools.tool_registry import initialize_tools_from_config
+
+    from cleaner.engines.verl.tool import CodeInterpreterTool
+
+    cfg = configs["paper_like_4b.yaml"]
+    run = prepare_run(cfg, "tools_baseline", "rl", output_dir=tmp_path, train_files=TRAIN, val_files=VAL,
+                      model_path="/m")
+    assert read_overrides(run.overrides_path) == run.overrides
+    assert run.overrides_path.read_text().startswith("# verl rl overrides")
+    (tool,) = initialize_tools_from_config(str(run.tool_config_path))
+    assert isinstance(tool, CodeInterpreterTool) and tool.name == "code_interpreter"
+    assert (tool.settings.timeout_s, tool.settings.memory_mb, tool.settings.max_tool_response_chars,
+            tool.settings.workers) == (10.0, 1024, 256, 8)
+    c = compose_ppo_config(run.overrides)
+    assert c.actor_rollout_ref.rollout.multi_turn.tool_config_path == str(run.tool_config_path)
+    notool = prepare_run(cfg, "notool", "rl", output_dir=tmp_path / "nt", train_files=TRAIN, val_files=VAL,
+                         model_path="/m")
+    assert notool.tool_config_path is None and not (tmp_path / "nt" / "tool_config.yaml").exists()
+    sft = prepare_run(cfg, None, "sft", output_dir=tmp_path / "sft", train_files=["/data/sft.parquet"])
+    assert compose_sft_config(read_overrides(sft.overrides_path)).model.path == "Qwen/Qwen3-4B-Instruct-2507"
+    with pytest.raises(ConfigError, match="model_path"):
+        prepare_run(cfg, "cleaner", "eval", output_dir=tmp_path / "e", val_files=VAL)
+    with pytest.raises(ValueError, match="newline"):
+        write_overrides(tmp_path / "x.txt", ["a=1\nb=2"])
+    assert ppo_command(["a=1"], python="py") == ["py", "-m", "verl.trainer.main_ppo", "a=1"]
+    packaged = yaml.safe_load(package_file("tool_config.yaml").read_text())
+    assert packaged["tools"][0]["class_name"] == "cleaner.engines.verl.tool.CodeInterpreterTool"
+
+
+def test_cli_overrides_and_train_without_gpu(tmp_path, capsys):
+    """``cleaner verl overrides`` writes the files; ``verl train`` on a machine without CUDA stops cleanly."""
+    import argparse
+
+    import torch
+
+    from cleaner.engines.verl.cli import add_commands
+
+    parser = argparse.ArgumentParser(prog="cleaner")
+    add_commands(parser.add_subparsers(dest="command"))
+
+    def run(*argv: str) -> int:
+        args = parser.parse_args(list(argv))
+        return args.func(args)
+
+    out = tmp_path / "run"
+    assert run("verl", "overrides", "--config", str(FIXTURES / "paper_like_7b.yaml"), "--stage", "rl",
+               "--experiment", "cleaner", "--output-dir", str(out), "--train-files", *TRAIN,
+               "--val-files", *VAL, "--seed", "1") == 0
+    lines = read_overrides(out / "overrides.txt")
+    assert "+cleaner.seed=1" in lines and "data.seed=1" in lines and (out / "tool_config.yaml").is_file()
+    assert run("verl", "train", "--overrides", str(out / "overrides.txt"), "--stage", "rl", "--dry-run") == 0
+    assert "-m verl.trainer.main_ppo" in capsys.readouterr().out
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: `verl train` would really start training")
+    assert run("verl", "train", "--overrides", str(out / "overrides.txt"), "--stage", "rl") == 2
+    err = capsys.readouterr().err
+    assert "needs CUDA GPUs" in err and "Traceback" not in err
