@@ -32,7 +32,7 @@ from cleaner.saar import (
     splice_tokens,
 )
 
-__all__ = ["AgentConfig", "Trajectory", "run_agent", "run_agent_batch"]
+__all__ = ["AgentConfig", "Trajectory", "filter_long_prompts", "run_agent", "run_agent_batch"]
 
 
 @dataclass(frozen=True)
@@ -255,6 +255,18 @@ async def run_agent(
         finish_reason=finish,
         stats=stats,
     )
+
+
+def filter_long_prompts(rows: Sequence[dict], fmt: ChatFormat, cfg: AgentConfig) -> tuple[list[dict], list[int]]:
+    """Rows whose rendered prompt fits ``max_prompt_tokens`` (verl's filter_overlong_prompts), and the indices of
+    the rows dropped, so one overlong prompt cannot stop a whole run."""
+    kept, dropped = [], []
+    for i, row in enumerate(rows):
+        if len(fmt.prompt_ids(row["prompt"], tools=cfg.tools_enabled)) <= cfg.max_prompt_tokens:
+            kept.append(row)
+        else:
+            dropped.append(i)
+    return kept, dropped
 
 
 async def run_agent_batch(

@@ -24,6 +24,12 @@ def _config(path: str, experiment: str | None = None) -> dict[str, Any]:
     return resolve_experiment(cfg, experiment) if experiment else cfg
 
 
+def _sandbox_config(cfg: dict[str, Any]):
+    from cleaner.sandbox import SandboxConfig
+
+    return SandboxConfig(preload=tuple(cfg.get("sandbox_preload", ("numpy", "sympy"))))
+
+
 def _threads(cfg: dict[str, Any], override: int | None) -> None:
     import torch
 
@@ -47,7 +53,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
         rows = [build_rl_row(p, split=fname, index=i) for i, p in enumerate(splits[split])]
         write_rl_parquet(rows, out / f"{fname}.parquet")
     with tqdm(total=len(splits["sft"]), desc="sft traces (real execution)", dynamic_ncols=True) as bar:
-        traces = make_sft_traces(splits["sft"], dcfg, progress=bar.update)
+        traces = make_sft_traces(splits["sft"], dcfg, progress=bar.update, sandbox_config=_sandbox_config(cfg))
     write_jsonl_atomic(traces, out / "sft.jsonl")
     summary = {"splits": {k: len(v) for k, v in splits.items()}, "sft": trace_summary(traces)}
     write_json_atomic(summary, out / "summary.json")
@@ -113,6 +119,7 @@ def _agent_config(section: dict[str, Any], saar: dict[str, Any] | None):
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from cleaner.agent import filter_long_prompts
     from cleaner.chat import ChatFormat
     from cleaner.engines.hf import HFGenerator
     from cleaner.evaluate import evaluate_rows, load_rows, write_eval_outputs
@@ -130,9 +137,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     k = int(args.k or ev["k"])
     gen, tok = HFGenerator.from_pretrained(args.model, device=args.device, max_batch_size=int(ev.get("batch_size", 64)))
     fmt = ChatFormat(tok, tool_schemas())
+    rows, dropped = filter_long_prompts(rows, fmt, acfg)
+    if dropped:
+        print(f"eval: skipped {len(dropped)} rows whose prompt exceeds max_prompt_tokens="
+              f"{acfg.max_prompt_tokens} (first: {dropped[:5]})", file=sys.stderr)
+    if not rows:
+        raise ValueError(f"{args.data}: no rows left to evaluate")
 
     async def main():
-        async with Sandbox(workers=int(cfg.get("sandbox_workers", 2))) as box:
+        async with Sandbox(workers=int(cfg["sandbox_workers"]), config=_sandbox_config(cfg)) as box:
             with tqdm(total=len(rows) * k, desc=f"eval {Path(args.data).stem}", dynamic_ncols=True) as bar:
                 try:
                     return await evaluate_rows(gen, box, fmt, rows, acfg, k=k, seed=int(args.seed or ev.get("seed", 0)),
@@ -141,7 +154,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     await gen.aclose()
 
     summary, records = asyncio.run(main())
-    summary.update({"model": str(args.model), "data": str(args.data), "k": k,
+    summary.update({"model": str(args.model), "data": str(args.data), "k": k, "skipped_long_prompts": len(dropped),
                     "experiment": cfg.get("experiment"), "saar_at_test_time": bool(saar.get("enabled"))})
     write_eval_outputs(summary, records, Path(args.out), Path(args.trajectories) if args.trajectories else None)
     keys = ("pass@1", f"pass@{k}", "tool_calls_per_trajectory", "tool_failures_per_trajectory", "response_length")
@@ -158,7 +171,8 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     rl = RLConfig.from_dict(cfg["rl"])
     agent = _agent_config(cfg["rollout"], cfg["saar"])
     summary = train_rl(args.model, args.data, args.out, rl=rl, agent=agent, peers=PeersConfig.from_dict(cfg["peers"]),
-                       seed=int(args.seed), sandbox_workers=int(cfg.get("sandbox_workers", 2)))
+                       seed=int(args.seed), sandbox_workers=int(cfg["sandbox_workers"]),
+                       sandbox_config=_sandbox_config(cfg))
     print(json.dumps(summary, indent=2))
     return 0
 

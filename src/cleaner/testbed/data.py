@@ -227,6 +227,7 @@ def make_sft_traces(
     cfg: TestbedDataConfig,
     *,
     progress: Callable[[int], None] | None = None,
+    sandbox_config: Any = None,
 ) -> list[dict[str, Any]]:
     """SFT trajectories for ``problems`` (executed for real in a sandbox pool; deterministic given cfg.seed)."""
     from cleaner.sandbox import Sandbox
@@ -236,7 +237,7 @@ def make_sft_traces(
 
     async def run_all() -> list[dict[str, Any]]:
         cache: dict[str, Any] = {}
-        async with Sandbox(workers=cfg.workers) as box:
+        async with Sandbox(workers=cfg.workers, config=sandbox_config) as box:
             sem = asyncio.Semaphore(4 * cfg.workers)
 
             async def one(plan: _TracePlan) -> dict[str, Any]:

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["MetricsLog", "latest_checkpoint", "load_checkpoint", "lr_at", "save_checkpoint", "set_seed"]
+__all__ = [
+    "MetricsLog",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "lr_at",
+    "save_checkpoint",
+    "save_hf_model",
+    "set_seed",
+]
 
 _CKPT = re.compile(r"^step_(\d+)$")
 
@@ -93,3 +101,19 @@ class MetricsLog:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def save_hf_model(model: Any, tokenizer: Any, final: Path) -> Path:
+    """``save_pretrained`` model + tokenizer into ``final`` atomically: a complete directory or none."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp")
+    old = final.with_name(f".{final.name}.old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -32,10 +32,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cleaner.agent import AgentConfig, Trajectory, run_agent
+from cleaner.agent import AgentConfig, Trajectory, filter_long_prompts, run_agent
 from cleaner.chat import ChatFormat
 from cleaner.train.packing import pack_sequences
-from cleaner.train.common import MetricsLog, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint
+from cleaner.data.schema import write_json_atomic
+from cleaner.train.common import (
+    MetricsLog,
+    latest_checkpoint,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    save_hf_model,
+)
 
 __all__ = ["PeersConfig", "RLConfig", "grpo_advantages", "policy_loss", "train_rl"]
 
@@ -290,6 +298,7 @@ def train_rl(
     peers: PeersConfig = PeersConfig(),
     seed: int = 0,
     sandbox_workers: int = 2,
+    sandbox_config: Any = None,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
@@ -312,6 +321,12 @@ def train_rl(
         raise ValueError(f"{train_path}: no training prompts")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     fmt = ChatFormat(tok, tool_schemas())
+    rows, dropped = filter_long_prompts(rows, fmt, agent)
+    if dropped:
+        print(f"rl: skipped {len(dropped)} prompts longer than max_prompt_tokens={agent.max_prompt_tokens}",
+              file=sys.stderr)
+    if not rows:
+        raise ValueError(f"{train_path}: every prompt is longer than max_prompt_tokens={agent.max_prompt_tokens}")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr, betas=(0.9, 0.999), weight_decay=rl.weight_decay)
@@ -337,7 +352,7 @@ def train_rl(
 
     async def run_steps() -> None:
         nonlocal step, elapsed, done_this_call
-        async with Sandbox(workers=sandbox_workers) as box:
+        async with Sandbox(workers=sandbox_workers, config=sandbox_config) as box:
             bar = tqdm(total=rl.steps, initial=step, desc="rl", disable=not progress, dynamic_ncols=True)
             try:
                 while step < rl.steps and (stop_after is None or done_this_call < stop_after):
@@ -446,7 +461,7 @@ def train_rl(
                         ent_w = (ent * mask[mb, :w]).sum() / n_tok
                         loss = loss - rl.entropy_coef * ent_w
                     loss.backward()
-                    stats["pg_loss"].append(float(loss))
+                    stats["pg_loss"].append(loss.item())
                     stats["clipfrac"].append(pm["actor/pg_clipfrac"])
                     stats["clipfrac_lower"].append(pm["actor/pg_clipfrac_lower"])
                     stats["ppo_kl"].append(pm["actor/ppo_kl"])
@@ -466,10 +481,10 @@ def train_rl(
     asyncio.run(run_steps())
     metrics.close()
     if step >= rl.steps:
-        _save_final(model, tok, out)
+        save_hf_model(model, tok, out / "final")
     summary = {"steps": step, "elapsed_s": elapsed, "complete": step >= rl.steps,
                "model_dir": str(out / "final") if step >= rl.steps else None}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(summary, out / "summary.json")
     return summary
 
 
@@ -503,15 +518,3 @@ def _step_metrics(all_samples: list[_Sample], kept: list[_Sample]) -> dict[str, 
     for k in ("triggered", "recovered", "failed", "shallow", "deep", "retries"):
         m[f"saar_{k}"] = sum(s[k] for s in st) / n
     return m
-
-
-def _save_final(model: Any, tok: Any, out: Path) -> None:
-    import shutil
-
-    tmp = out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    final = out / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)

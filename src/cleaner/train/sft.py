@@ -21,7 +21,15 @@ import torch
 
 from cleaner.chat import ChatFormat
 from cleaner.train.packing import pack_sequences
-from cleaner.train.common import MetricsLog, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint
+from cleaner.data.schema import write_json_atomic
+from cleaner.train.common import (
+    MetricsLog,
+    latest_checkpoint,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    save_hf_model,
+)
 
 __all__ = ["SFTConfig", "encode_sft_examples", "train_sft"]
 
@@ -198,7 +206,7 @@ def train_sft(
         dt = time.perf_counter() - t0
         elapsed += dt
         tokens_seen += real_tokens
-        last_loss = float(loss)
+        last_loss = loss.item()
         if step % cfg.log_every == 0:
             metrics.write({"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(gnorm),
                            "loss_tokens": n_tok, "tokens_per_s": real_tokens / dt, "elapsed_s": elapsed})
@@ -210,21 +218,9 @@ def train_sft(
     save(step)
     metrics.close()
     model.eval()
-    final = out / "final"
-    tmp = out / ".final.tmp"
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    if final.exists():
-        import shutil
-
-        shutil.rmtree(final)
-    tmp.rename(final)
+    final = save_hf_model(model, tok, out / "final")
     summary = {"steps": step, "final_loss": last_loss, "elapsed_s": elapsed, "tokens_seen": tokens_seen,
                "examples": len(examples), "dropped_too_long": too_long, "stopped_early": stopped_early,
                "model_dir": str(final)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(summary, out / "summary.json")
     return summary

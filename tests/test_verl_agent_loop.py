@@ -1,0 +1,278 @@
+"""``cleaner_tool_agent`` inside verl 0.9.1's real agent-loop worker, on CPU.
+
+verl's ``AgentLoopWorker`` is built from a composed ``ppo_trainer`` config (our overrides): it loads our tool from
+the written ``tool_config.yaml``, registers our loop from ``agent_loops.yaml``, instantiates one loop per
+trajectory and post-processes / pads the outputs into a ``DataProto``; rewards go through verl's
+``RewardLoopWorker`` with our reward manager and ``compute_score``. The only stand-ins are the LLM server
+(:class:`LocalHFServerManager` over the testbed's tiny model, briefly fine-tuned on tool-use conversations so it
+calls the tool, fails and retries) and Ray's actor handle for the reward worker (a local object whose methods are
+called with ``.remote``). The purified ids and masks must equal what :func:`cleaner.agent.run_agent` produces for
+the same seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cleaner.agent import AgentConfig, run_agent_batch
+from cleaner.chat import ChatFormat, tool_call_code
+from cleaner.config import resolve_experiment, validate_config
+from cleaner.engines.verl.overrides import AGENT_FIELDS, compose_ppo_config, prepare_run, read_overrides
+from cleaner.prompts import tool_schemas
+from cleaner.protocol import format_exec_result, parse_assistant
+from cleaner.rewards import compute_score, overlong_penalty
+from cleaner.saar import SaarConfig
+
+MAX_RESPONSE = 384
+OVERLONG_BUFFER = 32
+N = 2
+QUESTIONS = [f"What is {a} + {b}?" for a, b in ((12, 34), (56, 78), (91, 23), (45, 67))] + [
+    f"What is {a} * {b}?\nPut the final answer in \\boxed{{}}." for a, b in ((12, 34), (56, 78))]
+ANSWERS = [str(a + b) for a, b in ((12, 34), (56, 78), (91, 23), (45, 67))] + [str(12 * 34), str(56 * 78)]
+
+CONFIG = {
+    "name": "cpu-verl",
+    "seeds": [3],
+    "sandbox_workers": 2,
+    "rollout": {"max_turns": 4, "max_response_tokens": MAX_RESPONSE, "max_turn_tokens": 64, "max_prompt_tokens": 256,
+                "tool_timeout_s": 5.0, "tool_memory_mb": 512},
+    "saar": {"enabled": False},
+    "rl": {"precision": "bf16", "overlong_buffer": OVERLONG_BUFFER, "batch_prompts": 6, "mini_batch_prompts": 3,
+           "n": N},
+    "eval": {"top_p": 0.6, "k": 2},
+    "verl": {"request_seed_key": "seed", "n_gpus_per_node": 1, "agent_num_workers": 1},
+    "experiments": {"cleaner": {"saar": {"enabled": True}}, "tools_baseline": {"rl": {"rollout_is_correction": True}}},
+}
+
+
+class LocalActorHandle:
+    """Ray actor-handle stand-in: ``handle.method.remote(...)`` calls the local object's (async) method."""
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def __getattr__(self, name):
+        return SimpleNamespace(remote=getattr(self._obj, name))
+
+
+@pytest.fixture(scope="module")
+def tool_model_dir(tiny_model_dir, tmp_path_factory, sample_conversations) -> Path:
+    """The tiny model after 80 AdamW steps on the sample tool-use conversations (real sandbox outputs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cleaner.sandbox import run_python
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    fmt = ChatFormat(tok, tool_schemas())
+    seqs = []
+    for conv in copy.deepcopy(sample_conversations):
+        for i, msg in enumerate(conv):
+            if msg["role"] == "tool":
+                res = run_python(tool_call_code(conv[i - 1]["tool_calls"][0]), timeout_s=5.0, memory_mb=512)
+                msg["content"] = format_exec_result(res, max_chars=256)
+        enc = fmt.encode_messages(conv)
+        labels = [-100] * len(enc.prompt_ids) + [t if m else -100 for t, m in zip(enc.response_ids, enc.response_mask)]
+        seqs.append((enc.prompt_ids + enc.response_ids, labels))
+    width = max(len(s) for s, _ in seqs)
+    ids = torch.tensor([s + [0] * (width - len(s)) for s, _ in seqs])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in seqs])
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in seqs])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is ~10x faster than two contended ones
+    try:
+        torch.manual_seed(0)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(80):
+            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    assert loss.item() < 0.5
+    out = tmp_path_factory.mktemp("tool_model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def trainer_config(model_dir: Path, out_dir: Path, experiment: str):
+    cfg = validate_config(copy.deepcopy(CONFIG))
+    run = prepare_run(cfg, experiment, "rl", output_dir=out_dir, train_files=["/unused/train.parquet"],
+                      val_files=["/unused/val.parquet"], model_path=model_dir)
+    return cfg, compose_ppo_config(read_overrides(run.overrides_path))
+
+
+def batch_of(questions: list[str], n: int, *, validate: bool):
+    from verl.protocol import DataProto
+
+    rows = [(i, q) for i, q in enumerate(questions) for _ in range(n)]
+    nt = {
+        "raw_prompt": np.empty(len(rows), dtype=object),
+        "index": np.array([i for i, _ in rows], dtype=object),
+        "priority": np.arange(len(rows)),  # what verl's AgentLoopManager sets
+        "data_source": np.array(["toolcalc/arith"] * len(rows), dtype=object),
+        "reward_model": np.array([{"ground_truth": ANSWERS[i]} for i, _ in rows], dtype=object),
+        "extra_info": np.array([{"index": i} for i, _ in rows], dtype=object),
+    }
+    for k, (_, q) in enumerate(rows):
+        nt["raw_prompt"][k] = [{"role": "user", "content": q}]
+    return DataProto(batch=None, non_tensor_batch=nt, meta_info={"validate": validate}), rows
+
+
+def unpad(out, k: int) -> tuple[list[int], list[int], list[int]]:
+    plen = out.batch["prompts"].shape[1]
+    attn = out.batch["attention_mask"][k]
+    prompt = out.batch["prompts"][k][attn[:plen].bool()].tolist()
+    keep = attn[plen:].bool()
+    return prompt, out.batch["responses"][k][keep].tolist(), out.batch["response_mask"][k][keep].tolist()
+
+
+async def run_worker(cfg_verl, model_dir: Path, batch, *, with_reward: bool):
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+
+    from cleaner.engines.hf import HFGenerator
+    from cleaner.engines.verl.agent_loop import LocalHFServerManager
+
+    gen, tok = HFGenerator.from_pretrained(model_dir, device="cpu")
+    server = LocalHFServerManager(gen, default_max_tokens=MAX_RESPONSE, seed_key="seed")
+    reward = [LocalActorHandle(RewardLoopWorker(cfg_verl))] if with_reward else None
+    worker = AgentLoopWorker(cfg_verl, server, None, reward)
+    try:
+        out = await worker.generate_sequences(batch)
+    finally:
+        for tool in worker.tools:
+            tool.close()
+    return out, gen, tok, server
+
+
+def reference_config(resolved: dict, *, top_p: float, saar: bool) -> AgentConfig:
+    saar_cfg = SaarConfig.from_dict({**resolved["saar"], "enabled": saar})
+    return AgentConfig.from_dict({**{k: resolved["rollout"][k] for k in AGENT_FIELDS}, "top_p": top_p}, saar=saar_cfg)
+
+
+@pytest.mark.parametrize("validate", [False, True], ids=["train", "validation"])
+async def test_verl_worker_matches_run_agent(tool_model_dir, tmp_path, validate):
+    """Same seeds -> identical prompt ids, response ids and masks; stats and rewards where verl expects them."""
+    from cleaner.engines.verl.agent_loop import count_turns, trajectory_seed
+    from cleaner.sandbox import Sandbox
+
+    cfg, cfg_verl = trainer_config(tool_model_dir, tmp_path, "cleaner")
+    resolved = resolve_experiment(cfg, "cleaner")
+    batch, rows = batch_of(QUESTIONS, N, validate=validate)
+    out, gen, tok, server = await run_worker(cfg_verl, tool_model_dir, batch, with_reward=not validate)
+    # Training requests use the rollout's sampling; validation requests val_kwargs (top-p 0.6) and SAAR is off.
+    assert {r["top_p"] for r in server.requests} == {0.6 if validate else 1.0}
+    seeds = [trajectory_seed(cfg["seeds"][0], i, k) for k, (i, _) in enumerate(rows)]
+    fmt = ChatFormat(tok, tool_schemas())
+    box = Sandbox(workers=2)
+    try:
+        ref = await run_agent_batch(gen, box, fmt, [[{"role": "user", "content": q}] for _, q in rows],
+                                    reference_config(resolved, top_p=0.6 if validate else 1.0, saar=not validate),
+                                    seeds=seeds)
+    finally:
+        box.close()
+        await gen.aclose()
+    nt = out.non_tensor_batch
+    for k, traj in enumerate(ref):
+        prompt, response, mask = unpad(out, k)
+        assert prompt == traj.prompt_ids
+        assert response == traj.response_ids, f"row {k}: {fmt.decode(response)!r} != {traj.response_text!r}"
+        assert mask == traj.response_mask
+        assert nt["__num_turns__"][k] == count_turns(traj.response_mask)
+        assert nt["cleaner/seed"][k] == seeds[k] and nt["cleaner/validate"][k] is validate
+        for key, value in traj.stats.items():
+            assert nt[f"cleaner/{key}"][k] == value, key
+        assert nt["tool_call_counts"][k] == traj.stats["tool_calls_after"]
+    assert "rollout_log_probs" not in out.batch.keys()  # calculate_log_probs=False: the trainer recomputes them
+    assert sum(t.stats["tool_calls_before"] for t in ref) > 0
+    if validate:
+        assert all(t.stats["triggered"] == 0 and not t.stats["gate_open"] for t in ref)
+        return
+    assert sum(t.stats["triggered"] for t in ref) > 0  # the fine-tuned model fails calls -> SAAR retries
+    # Reward: verl's RewardLoopWorker -> CleanerRewardManager (DAPO overlong) -> compute_score (+1/-1) + stats.
+    for k, traj in enumerate(ref):
+        length = len(traj.response_ids)
+        text = tok.decode(traj.response_ids, skip_special_tokens=True)
+        expected = compute_score("toolcalc/arith", text, ANSWERS[rows[k][0]])["score"] + overlong_penalty(
+            length, max_response_length=MAX_RESPONSE, overlong_buffer_len=OVERLONG_BUFFER)
+        assert out.batch["rm_scores"][k, length - 1].item() == pytest.approx(expected)
+        assert nt["cleaner/triggered"][k] == traj.stats["triggered"]
+    assert {"score", "acc", "overlong_reward", "cleaner/triggered", "cleaner/tool_failures_after"} <= set(
+        out.meta_info["reward_extra_keys"])
+
+
+async def test_stock_tool_agent_uses_the_same_interpreter(tool_model_dir, tmp_path):
+    """The tools baseline (verl's own ``tool_agent``) runs calls in cleaner.sandbox with the same formatting."""
+    from cleaner.engines.verl.tool import ToolSettings
+
+    cfg, cfg_verl = trainer_config(tool_model_dir, tmp_path, "tools_baseline")
+    assert cfg_verl.actor_rollout_ref.rollout.agent.default_agent_loop == "tool_agent"
+    batch, rows = batch_of(QUESTIONS[:3], 1, validate=False)
+    out, gen, tok, _ = await run_worker(cfg_verl, tool_model_dir, batch, with_reward=False)
+    await gen.aclose()
+    settings = ToolSettings(timeout_s=5.0, memory_mb=512, max_tool_response_chars=256)
+    checked = 0
+    from cleaner.sandbox import run_python
+
+    for k in range(len(rows)):
+        _, response, mask = unpad(out, k)
+        if 0 not in mask:
+            continue
+        first_turn = response[: mask.index(0)]
+        call = parse_assistant(tok.decode(first_turn)).call
+        if call is None:
+            continue
+        res = run_python(call.code, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb)
+        expected = f"<tool_response>\n{format_exec_result(res, max_chars=settings.max_tool_response_chars)}\n"
+        assert expected in tok.decode(response[mask.index(0):])
+        checked += 1
+    assert checked > 0
+    assert "rollout_log_probs" in out.batch.keys()  # baseline: rollout IS correction needs rollout log-probs
+
+
+async def test_loop_refuses_inconsistent_settings(tool_model_dir, tmp_path):
+    """SAAR with rollout log-probs, or no code_interpreter tool, is a configuration error at construction."""
+    import hydra
+    from omegaconf import open_dict
+    from transformers import AutoTokenizer
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from cleaner.engines.verl.agent_loop import CleanerAgentLoop, trajectory_seed
+    from cleaner.engines.verl.tool import CodeInterpreterTool
+
+    _, cfg_verl = trainer_config(tool_model_dir, tmp_path, "cleaner")
+    tok = AutoTokenizer.from_pretrained(tool_model_dir)
+    tool = CodeInterpreterTool({"type": "native"})
+
+    def make(config, tools):
+        return hydra.utils.instantiate(
+            {"_target_": "cleaner.engines.verl.agent_loop.CleanerAgentLoop"}, trainer_config=DictConfigWrap(config),
+            server_manager=None, tokenizer=tok, processor=None, dataset_cls=RLHFDataset,
+            data_config=DictConfigWrap(config.data), tools=ToolListWrap(tools))
+
+    loop = make(cfg_verl, [tool])
+    assert isinstance(loop, CleanerAgentLoop) and loop.saar_config.enabled and loop.agent_config.max_turns == 4
+    assert loop.is_validation({"temperature": 1.0, "top_p": 0.6, "top_k": -1})
+    assert not loop.is_validation({"temperature": 1.0, "top_p": 1.0, "top_k": -1})
+    with pytest.raises(ValueError, match="code_interpreter"):
+        make(cfg_verl, [])
+    bad = copy.deepcopy(cfg_verl)
+    with open_dict(bad):
+        bad.actor_rollout_ref.rollout.calculate_log_probs = True
+    with pytest.raises(ValueError, match="calculate_log_probs=False"):
+        make(bad, [tool])
+    with pytest.raises(ValueError, match="priority"):
+        await loop.run({"temperature": 1.0, "top_p": 1.0}, raw_prompt=[{"role": "user", "content": "hi"}], index=0)
+    assert trajectory_seed(0, 1, 2) == trajectory_seed(0, 1, 2) != trajectory_seed(0, 1, 3)
+    assert 0 <= trajectory_seed(5, "x", 0) < 2**63
+    tool.close()
