@@ -65,13 +65,64 @@ def sft_model():
 
 
 def rl_outputs():
-    return [f"{RES}/{e}/seed{s}/rl/summary.json" for e in EXPERIMENTS for s in exp_seeds(e)]
+    return [f"{RES}/{e}/seed{s}/rl/final" for e in EXPERIMENTS for s in exp_seeds(e)]
+
+
+LM_EVAL_TASKS = ["aime24", "aime25", "gpqa_diamond_cot_zeroshot"]
+
+
+def notool_runs():
+    """(experiment, seed) of the no-tool arms: lm-evaluation-harness scores them on its own tasks."""
+    return [(e, s) for e in EXPERIMENTS for s in exp_seeds(e)
+            if not resolve_experiment(config, e)["rollout"]["tools_enabled"]]
+
+
+def lm_eval_outputs():
+    if config["data"]["source"] != "real":
+        return []
+    return [f"{RES}/{e}/seed{s}/lm_eval.json" for e, s in notool_runs()]
+
+
+def eval_k(exp):
+    return resolve_experiment(config, exp)["eval"]["k"]
+
+
+def rl_train_data():
+    """The RL prompts: the mix, or its difficulty-filtered subset (Qwen2.5-7B recipe)."""
+    if config["data"].get("apply_difficulty_filter"):
+        return f"{RES}/data/train.filtered.parquet"
+    return f"{RES}/data/train.parquet"
+
+
+def rl_init_model_input():
+    """RL starts from the SFT stage's output, or from verl.sft_model_path (an HF id or directory) when set."""
+    return [] if (config.get("verl") or {}).get("sft_model_path") else [sft_model()]
+
+
+def rl_init_model_path(input):
+    return config["verl"]["sft_model_path"] or input.model
+
+
+def ray_launcher():
+    """Multi-node RL starts a Ray cluster across the SLURM allocation first; single-node runs need none."""
+    if (config.get("verl") or {}).get("nnodes", 1) > 1:
+        return f"bash {workflow.basedir}/scripts/slurm/ray_on_slurm.sh --"
+    return ""
 
 
 def eval_outputs():
     return [f"{RES}/{e}/seed{s}/eval.json" for e in EXPERIMENTS for s in exp_seeds(e)] + [
         f"{RES}/sft/eval/{split}.json" for split in eval_splits()
     ]
+
+
+def report_inputs():
+    return {
+        "evals": [f"{RES}/{e}/seed{s}/eval.json" for e in EXPERIMENTS for s in exp_seeds(e)],
+        "sft_evals": [f"{RES}/sft/eval/{s}.json" for s in eval_splits()],
+        "rl": rl_outputs(),
+        "lm_eval": lm_eval_outputs(),
+    }
 
 
 def report_outputs():

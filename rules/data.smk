@@ -87,3 +87,80 @@ else:
         shell:
             "{params.cli} data prepare-eval --config {params.cfg} --only {wildcards.split} --out-dir $(dirname {output}) "
             "--report {output}.report.json > {log} 2>&1"
+
+    rule lm_eval_inputs:
+        output:
+            expand(f"{RES}/data/lm_eval/{{task}}.jsonl", task=LM_EVAL_TASKS),
+        log:
+            f"{RES}/logs/data/lm_eval_inputs.log",
+        benchmark:
+            f"{RES}/benchmarks/data/lm_eval_inputs.tsv"
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        conda:
+            "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            raw=lambda wc, output: str(Path(output[0]).parent),
+        shell:
+            "{params.cli} data prepare-eval --config {params.cfg} --only aime24,aime25,gpqa_diamond "
+            "--out-dir {params.raw}/rows --raw-dir {params.raw} > {log} 2>&1"
+
+    rule difficulty_rollouts:
+        # Qwen2.5-7B recipe: pass counts of the SFT model over 8 rollouts of every training prompt.
+        input:
+            model=rl_init_model_input(),
+            train=f"{RES}/data/train.parquet",
+        output:
+            counts=f"{RES}/data/difficulty/pass_counts.json",
+            overrides=f"{RES}/data/difficulty/run/overrides.txt",
+        log:
+            f"{RES}/logs/data/difficulty_rollouts.log",
+        benchmark:
+            f"{RES}/benchmarks/data/difficulty_rollouts.tsv"
+        threads: 16
+        resources:
+            mem_mb=256000,
+            runtime=24 * 60,
+            gpu=lambda wc: config["verl"]["n_gpus_per_node"],
+            gpu_model="h200",
+        conda:
+            "../envs/verl.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            experiment=EXPERIMENTS[0],
+            n=config["data"]["difficulty_rollouts"],
+            model=lambda wc, input: rl_init_model_path(input),
+            run=lambda wc, output: str(Path(output.overrides).parent),
+        shell:
+            "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {params.experiment} "
+            "--n-samples {params.n} --output-dir {params.run} --val-files {input.train} "
+            "--model-path {params.model} --out {output.overrides} && "
+            "{params.cli} verl train --overrides {output.overrides} --stage eval && "
+            "{params.cli} verl pass-counts --generations {params.run}/generations --data {input.train} "
+            "--model {params.model} --out {output.counts}) > {log} 2>&1"
+
+    rule difficulty_filter:
+        input:
+            train=f"{RES}/data/train.parquet",
+            counts=f"{RES}/data/difficulty/pass_counts.json",
+        output:
+            f"{RES}/data/train.filtered.parquet",
+        log:
+            f"{RES}/logs/data/difficulty_filter.log",
+        benchmark:
+            f"{RES}/benchmarks/data/difficulty_filter.tsv"
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        conda:
+            "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+        shell:
+            "{params.cli} data filter-difficulty --config {params.cfg} --rows {input.train} "
+            "--pass-counts {input.counts} --out {output} > {log} 2>&1"

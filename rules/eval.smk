@@ -1,59 +1,129 @@
 # Agentic evaluation (with the tool) of the SFT model and of every RL run on every eval split.
+# Embedded: cleaner.evaluate with the HF engine. verl: a validation-only verl run (SGLang, eval.k samples, top-p
+# eval.top_p) whose dumped generations become the same summary (cleaner verl eval-summary).
 
+if ENGINE == "embedded":
 
-rule eval_sft:
-    input:
-        model=sft_model(),
-        data=f"{RES}/data/{{split}}.parquet",
-    output:
-        summary=f"{RES}/sft/eval/{{split}}.json",
-        trajectories=f"{RES}/sft/eval/{{split}}.trajectories.jsonl",
-    log:
-        f"{RES}/logs/eval/sft_{{split}}.log",
-    benchmark:
-        f"{RES}/benchmarks/eval/sft_{{split}}.tsv"
-    threads: 1 if ENGINE == "embedded" else 16
-    resources:
-        mem_mb=3000,
-        runtime=60,
-        gpu=0 if ENGINE == "embedded" else 4,
-    conda:
-        "../envs/cpu.yaml" if ENGINE == "embedded" else "../envs/verl.yaml"
-    params:
-        cmd=EVAL_CMD,
-        cfg=CONFIGFILE,
-        experiment=EXPERIMENTS[0],
-    shell:
-        "{params.cmd} --config {params.cfg} --experiment {params.experiment} --model {input.model} "
-        "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
-        "> {log} 2>&1"
+    rule eval_sft:
+        input:
+            model=sft_model(),
+            data=f"{RES}/data/{{split}}.parquet",
+        output:
+            summary=f"{RES}/sft/eval/{{split}}.json",
+            trajectories=f"{RES}/sft/eval/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/sft_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_{{split}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=3000,
+            runtime=60,
+        conda:
+            "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            experiment=EXPERIMENTS[0],
+        shell:
+            "{params.cli} eval --config {params.cfg} --experiment {params.experiment} --model {input.model} "
+            "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
+            "> {log} 2>&1"
 
+    rule eval:
+        input:
+            model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
+            data=f"{RES}/data/{{split}}.parquet",
+        output:
+            summary=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json",
+            trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/{{exp}}_seed{{seed}}_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_{{split}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=3000,
+            runtime=60,
+        conda:
+            "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+        shell:
+            "{params.cli} eval --config {params.cfg} --experiment {wildcards.exp} --model {input.model} "
+            "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
+            "> {log} 2>&1"
 
-rule eval:
-    input:
-        model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
-        data=f"{RES}/data/{{split}}.parquet",
-    output:
-        summary=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json",
-        trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.trajectories.jsonl",
-    log:
-        f"{RES}/logs/eval/{{exp}}_seed{{seed}}_{{split}}.log",
-    benchmark:
-        f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_{{split}}.tsv"
-    threads: 1 if ENGINE == "embedded" else 16
-    resources:
-        mem_mb=3000,
-        runtime=60,
-        gpu=0 if ENGINE == "embedded" else 4,
-    conda:
-        "../envs/cpu.yaml" if ENGINE == "embedded" else "../envs/verl.yaml"
-    params:
-        cmd=EVAL_CMD,
-        cfg=CONFIGFILE,
-    shell:
-        "{params.cmd} --config {params.cfg} --experiment {wildcards.exp} --model {input.model} "
-        "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
-        "> {log} 2>&1"
+else:
+
+    rule eval_sft:
+        input:
+            model=rl_init_model_input(),
+            data=f"{RES}/data/{{split}}.parquet",
+        output:
+            summary=f"{RES}/sft/eval/{{split}}.json",
+            trajectories=f"{RES}/sft/eval/{{split}}.trajectories.jsonl",
+            overrides=f"{RES}/sft/eval/{{split}}_run/overrides.txt",
+        log:
+            f"{RES}/logs/eval/sft_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_{{split}}.tsv"
+        threads: 16
+        resources:
+            mem_mb=256000,
+            runtime=12 * 60,
+            gpu=lambda wc: config["verl"]["n_gpus_per_node"],
+            gpu_model="h200",
+        conda:
+            "../envs/verl.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            experiment=EXPERIMENTS[0],
+            k=lambda wc: eval_k(EXPERIMENTS[0]),
+            model=lambda wc, input: rl_init_model_path(input),
+            run=lambda wc, output: str(Path(output.overrides).parent),
+        shell:
+            "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {params.experiment} "
+            "--output-dir {params.run} --val-files {input.data} --model-path {params.model} "
+            "--out {output.overrides} && "
+            "{params.cli} verl train --overrides {output.overrides} --stage eval && "
+            "{params.cli} verl eval-summary --generations {params.run}/generations --k {params.k} "
+            "--out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"
+
+    rule eval:
+        input:
+            model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
+            data=f"{RES}/data/{{split}}.parquet",
+        output:
+            summary=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json",
+            trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.trajectories.jsonl",
+            overrides=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}_run/overrides.txt",
+        log:
+            f"{RES}/logs/eval/{{exp}}_seed{{seed}}_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_{{split}}.tsv"
+        threads: 16
+        resources:
+            mem_mb=256000,
+            runtime=12 * 60,
+            gpu=lambda wc: config["verl"]["n_gpus_per_node"],
+            gpu_model="h200",
+        conda:
+            "../envs/verl.yaml"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            k=lambda wc: eval_k(wc.exp),
+            run=lambda wc, output: str(Path(output.overrides).parent),
+        shell:
+            "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {wildcards.exp} "
+            "--seed {wildcards.seed} --output-dir {params.run} --val-files {input.data} "
+            "--model-path {input.model} --out {output.overrides} && "
+            "{params.cli} verl train --overrides {output.overrides} --stage eval && "
+            "{params.cli} verl eval-summary --generations {params.run}/generations --k {params.k} "
+            "--out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"
 
 
 rule eval_summary:

@@ -1,11 +1,38 @@
-# Report: final metrics table (CSV + markdown, mean and spread over seeds) and training curves.
+# Report: final metrics table (CSV + markdown, mean and spread over seeds), training curves, and (real data)
+# lm-evaluation-harness scores of the no-tool arms.
+
+
+rule lm_eval:
+    input:
+        model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
+        data=expand(f"{RES}/data/lm_eval/{{task}}.jsonl", task=LM_EVAL_TASKS),
+    output:
+        f"{RES}/{{exp}}/seed{{seed}}/lm_eval.json",
+    log:
+        f"{RES}/logs/lm_eval/{{exp}}_seed{{seed}}.log",
+    benchmark:
+        f"{RES}/benchmarks/lm_eval/{{exp}}_seed{{seed}}.tsv"
+    threads: 8
+    resources:
+        mem_mb=64000,
+        runtime=12 * 60,
+        gpu=1,
+        gpu_model="h200",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        cli=CLI,
+        cfg=CONFIGFILE,
+        tasks=",".join(LM_EVAL_TASKS),
+        files=lambda wc, input: " ".join(f"--data-file {t}={f}" for t, f in zip(LM_EVAL_TASKS, input.data)),
+    shell:
+        "{params.cli} data lm-eval --config {params.cfg} --model {input.model} --tasks {params.tasks} "
+        "{params.files} --out {output} > {log} 2>&1"
 
 
 rule report:
     input:
-        evals=lambda wc: [f"{RES}/{e}/seed{s}/eval.json" for e in EXPERIMENTS for s in exp_seeds(e)],
-        sft_evals=[f"{RES}/sft/eval/{s}.json" for s in eval_splits()],
-        rl=rl_outputs(),
+        **report_inputs(),
     output:
         csv=f"{RES}/report/final_metrics.csv",
         md=f"{RES}/report/final_metrics.md",

@@ -1,13 +1,14 @@
 # RL per experiment x seed: GRPO/DAPO with (cleaner) or without (baseline) SAAR-purified rollouts.
-# Outputs are final/ and summary.json only: checkpoints/ and metrics.jsonl beside them are not declared, so an
-# interrupted job (kill -9) leaves its checkpoints in place and the rerun resumes from the newest one.
+# Embedded: outputs are final/ and summary.json only; checkpoints/ and metrics.jsonl beside them are not
+# declared, so an interrupted job (kill -9) keeps its checkpoints and the rerun resumes from the newest one.
+# verl: trainer.resume_mode=auto resumes from run/checkpoints the same way.
 
 if ENGINE == "embedded":
 
     rule rl:
         input:
             model=sft_model(),
-            train=f"{RES}/data/train.parquet",
+            train=rl_train_data(),
         output:
             model=directory(f"{RES}/{{exp}}/seed{{seed}}/rl/final"),
             summary=f"{RES}/{{exp}}/seed{{seed}}/rl/summary.json",
@@ -33,13 +34,12 @@ else:
 
     rule rl:
         input:
-            model=sft_model(),
-            train=f"{RES}/data/train.parquet",
+            model=rl_init_model_input(),
+            train=rl_train_data(),
             val=f"{RES}/data/{eval_splits()[0]}.parquet",
         output:
             model=directory(f"{RES}/{{exp}}/seed{{seed}}/rl/final"),
-            summary=f"{RES}/{{exp}}/seed{{seed}}/rl/summary.json",
-            overrides=f"{RES}/{{exp}}/seed{{seed}}/rl/verl_overrides.txt",
+            overrides=f"{RES}/{{exp}}/seed{{seed}}/rl/run/overrides.txt",
         log:
             f"{RES}/logs/rl/{{exp}}_seed{{seed}}.log",
         benchmark:
@@ -48,15 +48,20 @@ else:
         resources:
             mem_mb=512000,
             runtime=72 * 60,
-            gpu=4,
+            gpu=lambda wc: config["verl"]["n_gpus_per_node"],
             gpu_model="h200",
-            nodes=lambda wc: config["verl"]["nnodes"] if "verl" in config else 1,
+            nodes=lambda wc: config["verl"]["nnodes"],
         conda:
             "../envs/verl.yaml"
         params:
             cli=CLI,
             cfg=CONFIGFILE,
+            model=lambda wc, input: rl_init_model_path(input),
+            run=lambda wc, output: str(Path(output.overrides).parent),
+            launch=ray_launcher(),
         shell:
-            "{params.cli} verl rl --config {params.cfg} --experiment {wildcards.exp} --seed {wildcards.seed} "
-            "--model {input.model} --train {input.train} --val {input.val} --out $(dirname {output.model}) "
-            "--overrides-out {output.overrides} > {log} 2>&1"
+            "({params.cli} verl overrides --config {params.cfg} --stage rl --experiment {wildcards.exp} "
+            "--seed {wildcards.seed} --output-dir {params.run} --model-path {params.model} "
+            "--train-files {input.train} --val-files {input.val} --out {output.overrides} && "
+            "{params.launch} {params.cli} verl train --overrides {output.overrides} --stage rl && "
+            "{params.cli} verl convert {params.run}/checkpoints {output.model}) > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Model init and cold-start SFT. Embedded engine: the testbed's tiny Qwen3 (tokenizer trained on the SFT data)
-# trained by cleaner.train.sft. verl engine: verl's SFT trainer on the real SFT set (multi-turn + tools).
+# trained by cleaner.train.sft. verl engine: verl's SFT trainer on the real SFT set (multi-turn + tools), then the
+# FSDP checkpoint converted to a Hugging Face directory.
 
 if ENGINE == "embedded":
 
@@ -54,8 +55,7 @@ else:
             data=sft_data(),
         output:
             model=directory(f"{RES}/sft/final"),
-            summary=f"{RES}/sft/summary.json",
-            overrides=f"{RES}/sft/verl_overrides.txt",
+            overrides=f"{RES}/sft/run/overrides.txt",
         log:
             f"{RES}/logs/sft/sft.log",
         benchmark:
@@ -64,13 +64,16 @@ else:
         resources:
             mem_mb=256000,
             runtime=24 * 60,
-            gpu=4,
+            gpu=lambda wc: config["verl"]["n_gpus_per_node"],
             gpu_model="h200",
         conda:
             "../envs/verl.yaml"
         params:
             cli=CLI,
             cfg=CONFIGFILE,
+            run=lambda wc, output: str(Path(output.overrides).parent),
         shell:
-            "{params.cli} verl sft --config {params.cfg} --data {input.data} --out $(dirname {output.model}) "
-            "--overrides-out {output.overrides} > {log} 2>&1"
+            "({params.cli} verl overrides --config {params.cfg} --stage sft --output-dir {params.run} "
+            "--train-files {input.data} --out {output.overrides} && "
+            "{params.cli} verl train --overrides {output.overrides} --stage sft && "
+            "{params.cli} verl convert {params.run}/checkpoints {output.model}) > {log} 2>&1"

@@ -198,6 +198,7 @@ async def test_verl_worker_matches_run_agent(tool_model_dir, tmp_path, validate)
         assert all(t.stats["triggered"] == 0 and not t.stats["gate_open"] for t in ref)
         return
     assert sum(t.stats["triggered"] for t in ref) > 0  # the fine-tuned model fails calls -> SAAR retries
+    assert any(t.stats["spliced"] for t in ref)  # ... and some retries replaced the failed turn (spliced ids)
     # Reward: verl's RewardLoopWorker -> CleanerRewardManager (DAPO overlong) -> compute_score (+1/-1) + stats.
     for k, traj in enumerate(ref):
         length = len(traj.response_ids)
@@ -255,12 +256,15 @@ async def test_loop_refuses_inconsistent_settings(tool_model_dir, tmp_path):
     tool = CodeInterpreterTool({"type": "native"})
 
     def make(config, tools):
-        return hydra.utils.instantiate(
-            {"_target_": "cleaner.engines.verl.agent_loop.CleanerAgentLoop"}, trainer_config=DictConfigWrap(config),
-            server_manager=None, tokenizer=tok, processor=None, dataset_cls=RLHFDataset,
-            data_config=DictConfigWrap(config.data), tools=ToolListWrap(tools))
+        return CleanerAgentLoop(
+            trainer_config=DictConfigWrap(config), server_manager=None, tokenizer=tok, processor=None,
+            dataset_cls=RLHFDataset, data_config=DictConfigWrap(config.data), tools=ToolListWrap(tools))
 
-    loop = make(cfg_verl, [tool])
+    # As verl builds it: hydra.utils.instantiate on the agent_loops.yaml entry.
+    loop = hydra.utils.instantiate(
+        {"_target_": "cleaner.engines.verl.agent_loop.CleanerAgentLoop", "name": "cleaner_tool_agent"},
+        trainer_config=DictConfigWrap(cfg_verl), server_manager=None, tokenizer=tok, processor=None,
+        dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg_verl.data), tools=ToolListWrap([tool]))
     assert isinstance(loop, CleanerAgentLoop) and loop.saar_config.enabled and loop.agent_config.max_turns == 4
     assert loop.is_validation({"temperature": 1.0, "top_p": 0.6, "top_k": -1})
     assert not loop.is_validation({"temperature": 1.0, "top_p": 1.0, "top_k": -1})

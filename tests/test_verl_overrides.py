@@ -220,12 +220,21 @@ def test_cli_overrides_and_train_without_gpu(tmp_path, capsys):
         args = parser.parse_args(list(argv))
         return args.func(args)
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"data_source": ["math_dapo"], "agent_name": ["tool_agent"]}), rows)
     out = tmp_path / "run"
     assert run("verl", "overrides", "--config", str(FIXTURES / "paper_like_7b.yaml"), "--stage", "rl",
-               "--experiment", "cleaner", "--output-dir", str(out), "--train-files", *TRAIN,
-               "--val-files", *VAL, "--seed", "1") == 0
+               "--experiment", "cleaner", "--output-dir", str(out), "--train-files", str(rows),
+               "--val-files", str(rows), "--seed", "1") == 0
     lines = read_overrides(out / "overrides.txt")
     assert "+cleaner.seed=1" in lines and "data.seed=1" in lines and (out / "tool_config.yaml").is_file()
+    # The rows verl reads name no agent loop: a row's agent_name would override the CLEANER loop.
+    train_line = next(x for x in lines if x.startswith("data.train_files="))
+    assert str(out / "data" / "train" / "rows.parquet") in train_line
+    assert pq.read_table(out / "data" / "train" / "rows.parquet").column_names == ["data_source"]
     assert run("verl", "train", "--overrides", str(out / "overrides.txt"), "--stage", "rl", "--dry-run") == 0
     assert "-m verl.trainer.main_ppo" in capsys.readouterr().out
     if torch.cuda.is_available():

@@ -92,8 +92,10 @@ fi
 
 # `ray status` lists one " 1 node_<id>" line per live node under "Active:".
 alive_nodes() {
-    "$RAY" status --address="$address" 2>/dev/null |
-        awk '/^Active:/ {on = 1; next} /^(Pending|Recent failures):/ {on = 0} on && /node_/ {n++} END {print n + 0}'
+    local status
+    status=$("$RAY" status --address="$address" 2>/dev/null) || { echo 0; return; }
+    awk '/^Active:/ {on = 1; next} /^(Pending|Recent failures):/ {on = 0} on && /node_/ {n++} END {print n + 0}' \
+        <<<"$status"
 }
 waited=0
 joined=0

@@ -23,6 +23,7 @@ from typing import Any
 from cleaner import __version__
 from cleaner.commands import add_commands
 from cleaner.data.cli import add_commands as add_data_commands
+from cleaner.engines.verl.cli import add_commands as add_verl_commands
 from cleaner.saar import REPLACEMENT_MODES, SIMILARITY_TARGETS, PurifyStats, SaarConfig, purify_messages, summarize_stats
 
 EXIT_USAGE = 2
@@ -141,8 +142,14 @@ def _cmd_purify(args: argparse.Namespace) -> int:
 # --- entry point ---------------------------------------------------------------------------------------------
 
 # ``add_commands`` (cleaner.commands) registers the pipeline stages: testbed, sft, eval, ...
-# ``cleaner.data.cli`` registers ``data ...`` (real datasets, eval sets, lm-eval).
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_purify, add_commands, add_data_commands)
+# ``cleaner.data.cli`` registers ``data ...`` (real datasets, eval sets, lm-eval); ``cleaner.engines.verl.cli``
+# registers ``verl ...`` (paper-scale overrides, training, checkpoint conversion).
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_purify,
+    add_commands,
+    add_data_commands,
+    add_verl_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

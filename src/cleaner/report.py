@@ -1,7 +1,8 @@
 """Report: final metrics per experiment (mean and spread over seeds) and the training curves.
 
 Inputs are what the pipeline writes under ``results/<name>/``: ``<exp>/seed<k>/eval.json`` (merged eval splits),
-``<exp>/seed<k>/rl/metrics.jsonl`` (per RL step) and ``sft/eval/<split>.json`` (the starting point). Outputs:
+``<exp>/seed<k>/rl/metrics.jsonl`` (per RL step), ``sft/eval/<split>.json`` (the starting point) and, with real
+data, ``<exp>/seed<k>/lm_eval.json`` (lm-evaluation-harness's own tasks for the no-tool arms). Outputs:
 ``final_metrics.csv`` (one row per experiment x seed x split), ``final_metrics.md`` (mean +- std over seeds, plus
 RL steps each arm needs to reach the baseline's final training accuracy) and ``training_curves.png``.
 """
@@ -105,6 +106,11 @@ def build_report(config: dict[str, Any], results: str | Path, out_dir: str | Pat
                              **{m: summ.get(m) for m in METRICS}, "pass@k": _passk(summ)})
             for r in read_metrics(base / "rl" / "metrics.jsonl"):
                 curves.append({"experiment": exp, "seed": seed, **r})
+            lm = base / "lm_eval.json"
+            if lm.exists():  # lm-evaluation-harness's own tasks (no-tool arms, real data)
+                for task, res in json.loads(lm.read_text())["tasks"].items():
+                    rows.append({"experiment": f"{exp} (lm-eval, no tool)", "seed": seed, "split": task,
+                                 "pass@1": res["value"], "pass@k": None})
     for split in config["eval"]["splits"]:
         p = results / "sft" / "eval" / f"{split}.json"
         if p.exists():

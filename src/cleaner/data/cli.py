@@ -51,7 +51,19 @@ def load_data_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     section = doc.get("data", doc)
     if not isinstance(section, Mapping):
         raise DataError(f"{cfg_path}: 'data' must be a mapping")
-    return dict(section)
+    section = dict(section)
+    recipe = section.pop("recipe", None)
+    if recipe:
+        # `recipe: paper` (a packaged recipe) or a path; keys given next to it override the recipe's.
+        from cleaner.config import deep_merge
+
+        base_path = Path(recipe) if str(recipe).endswith((".yaml", ".yml")) else (
+            default_config_path().with_name(f"{recipe}.yaml"))
+        if not base_path.is_file():
+            raise DataError(f"{cfg_path}: data.recipe {recipe!r} not found ({base_path})")
+        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+        section = deep_merge(base.get("data", base), section)
+    return section
 
 
 def _section(cfg: Mapping[str, Any], key: str, config_path: str | None) -> Mapping[str, Any]:

@@ -59,6 +59,7 @@ from cleaner.agent import AgentConfig, Trajectory, run_agent
 from cleaner.chat import ChatFormat
 from cleaner.engines.base import GenerationOutput, SamplingParams
 from cleaner.engines.verl import AGENT_NAME, STAT_PREFIX, TOOL_NAME
+from cleaner.engines.verl.tool import CodeInterpreterTool
 from cleaner.saar import SaarConfig
 
 __all__ = [
@@ -182,15 +183,30 @@ class LocalHFServerManager:
     Accepts the sampling-parameter keys verl's agent loops send (``temperature``, ``top_p``, ``top_k`` (-1 only),
     ``repetition_penalty`` (1.0 only), ``max_tokens`` / ``max_new_tokens``, ``stop_token_ids``, ``logprobs`` and the
     per-request seed under ``seed_key``); anything else is an error, so a mismatch with what the GPU engines get
-    shows up on CPU. Without a token limit it allows ``default_max_tokens`` (verl's servers: the response length).
+    shows up on CPU. Like SGLang / vLLM (``ignore_eos`` off) it also stops at the model's EOS tokens
+    (``generation_config.eos_token_id`` unless ``eos_token_ids`` is given): verl's stock ``tool_agent`` sends no stop
+    tokens and relies on that. Without a token limit it allows ``default_max_tokens`` (verl's servers: the response
+    length).
     """
 
-    def __init__(self, generator: Any, *, default_max_tokens: int, seed_key: str = "seed"):
+    def __init__(
+        self,
+        generator: Any,
+        *,
+        default_max_tokens: int,
+        seed_key: str = "seed",
+        eos_token_ids: Sequence[int] | None = None,
+    ):
         if default_max_tokens < 1:
             raise ValueError("default_max_tokens must be >= 1")
         self.generator = generator
         self.default_max_tokens = default_max_tokens
         self.seed_key = seed_key
+        if eos_token_ids is None:
+            gen_cfg = getattr(getattr(generator, "model", None), "generation_config", None)
+            eos = getattr(gen_cfg, "eos_token_id", None)
+            eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
         self.requests: list[dict[str, Any]] = []
 
     async def generate(
@@ -220,7 +236,8 @@ class LocalHFServerManager:
             temperature=float(sp.pop("temperature", 1.0)),
             top_p=float(sp.pop("top_p", 1.0)),
             max_new_tokens=int(max_tokens if max_tokens is not None else self.default_max_tokens),
-            stop_token_ids=tuple(int(t) for t in (sp.pop("stop_token_ids", None) or ())),
+            stop_token_ids=tuple(dict.fromkeys([*(int(t) for t in (sp.pop("stop_token_ids", None) or ())),
+                                                *self.eos_token_ids])),
             seed=None if seed is None else int(seed),
             logprobs=bool(sp.pop("logprobs", False)),
         )
@@ -275,9 +292,10 @@ class CleanerAgentLoop(AgentLoopBase):
         self.settings = LoopSettings.from_trainer_config(self.config)
         rc = self.rollout_config
         tool_list = list(tools.tools) if tools is not None else []
-        self.tool = next((t for t in tool_list if getattr(t, "name", None) == TOOL_NAME), None)
+        tool = next((t for t in tool_list if getattr(t, "name", None) == TOOL_NAME), None)
+        self.tool: CodeInterpreterTool | None = tool if isinstance(tool, CodeInterpreterTool) else None
         self.agent_config = self._agent_config()
-        if self.agent_config.tools_enabled and (self.tool is None or not hasattr(self.tool, "sandbox")):
+        if self.agent_config.tools_enabled and self.tool is None:
             raise ValueError(
                 f"{AGENT_NAME} needs the '{TOOL_NAME}' tool of cleaner.engines.verl.tool (CodeInterpreterTool): set "
                 "actor_rollout_ref.rollout.multi_turn.tool_config_path to a cleaner tool_config.yaml"
@@ -288,8 +306,7 @@ class CleanerAgentLoop(AgentLoopBase):
                 f"{AGENT_NAME}: SAAR splices tokens sampled under a discarded context, so rollout log-probs are stale; "
                 "set actor_rollout_ref.rollout.calculate_log_probs=False (CLEANER.md step 6)"
             )
-        schemas = [self.tool.tool_schema.model_dump(exclude_unset=True, exclude_none=True)] if self.tool else None
-        self.chat_format = ChatFormat(self.tokenizer, schemas)
+        self.chat_format = self.tool.chat_format(self.tokenizer) if self.tool is not None else ChatFormat(self.tokenizer)
 
     def _agent_config(self) -> AgentConfig:
         rc = self.rollout_config
@@ -300,7 +317,7 @@ class CleanerAgentLoop(AgentLoopBase):
             "max_turn_tokens": int(rc.response_length),
             "max_prompt_tokens": int(rc.prompt_length),
         }
-        if self.tool is not None and hasattr(self.tool, "settings"):
+        if self.tool is not None:
             s = self.tool.settings
             defaults.update(tool_timeout_s=s.timeout_s, tool_memory_mb=s.memory_mb,
                             max_tool_response_chars=s.max_tool_response_chars)

@@ -53,10 +53,25 @@ def cmd_overrides(args: argparse.Namespace) -> int:
     from cleaner.engines.verl.overrides import prepare_run
 
     config = load_config(args.config)
+    if args.n_samples is not None:
+        # e.g. 8 rollouts per training prompt for the 7B recipe's difficulty filter
+        config["eval"]["k"] = args.n_samples
+        for exp in (config.get("experiments") or {}).values():
+            if exp and "k" in (exp.get("eval") or {}):
+                exp["eval"]["k"] = args.n_samples
     out_dir = Path(args.output_dir)
+    train_files, val_files = args.train_files, args.val_files
+    if args.stage in ("rl", "eval"):
+        # Rows must not name an agent loop, or verl would run it instead of the experiment's (see the helper).
+        from cleaner.engines.verl.overrides import loop_neutral_copies
+
+        if val_files:
+            val_files = loop_neutral_copies(val_files, out_dir / "data" / "val")
+        if train_files and args.stage == "rl":
+            train_files = loop_neutral_copies(train_files, out_dir / "data" / "train")
     run = prepare_run(
-        config, args.experiment, args.stage, output_dir=out_dir, train_files=args.train_files,
-        val_files=args.val_files, model_path=args.model_path, seed=args.seed,
+        config, args.experiment, args.stage, output_dir=out_dir, train_files=train_files,
+        val_files=val_files, model_path=args.model_path, seed=args.seed,
         overrides_name=Path(args.out).name if args.out else "overrides.txt",
     )
     if args.out and Path(args.out).resolve() != run.overrides_path:
@@ -98,6 +113,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_summary(args: argparse.Namespace) -> int:
+    from cleaner.engines.verl.eval_summary import summarize_generations
+
+    summary = summarize_generations(args.generations, k=args.k, out_json=args.out, out_jsonl=args.trajectories)
+    print(f"pass@1={summary['pass@1']} tool_failures_per_trajectory={summary['tool_failures_per_trajectory']}")
+    return 0
+
+
+def cmd_pass_counts(args: argparse.Namespace) -> int:
+    from cleaner.data.schema import write_json_atomic
+    from cleaner.engines.verl.eval_summary import pass_counts
+
+    counts = pass_counts(args.generations, args.data, args.model)
+    write_json_atomic(counts, args.out)
+    print(f"{len(counts)} prompts, mean passes {sum(counts.values()) / max(1, len(counts)):.2f}")
+    return 0
+
+
 def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register ``verl`` with its subcommands on the main CLI's subparsers; returns the ``verl`` parser."""
     verl = subparsers.add_parser(
@@ -118,6 +151,7 @@ def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser
                    "eval: the HF checkpoint to score)")
     p.add_argument("--seed", type=int, help="rl: default the experiment's first seed; eval: eval.seed")
     p.add_argument("--out", help="overrides file (default OUTPUT_DIR/overrides.txt)")
+    p.add_argument("--n-samples", type=int, help="eval: samples per problem instead of eval.k")
     p.set_defaults(func=cmd_overrides)
 
     p = sub.add_parser("train", help="run verl with an overrides file (GPU nodes only)")
@@ -125,6 +159,20 @@ def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--stage", required=True, choices=("rl", "sft", "eval"))
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval-summary", help="verl validation generations -> our eval summary JSON")
+    p.add_argument("--generations", required=True, help="trainer.validation_data_dir of a validation-only run")
+    p.add_argument("--k", type=int, required=True, help="samples per problem (eval.k)")
+    p.add_argument("--out", required=True, help="summary JSON")
+    p.add_argument("--trajectories", help="JSONL of every sample")
+    p.set_defaults(func=cmd_eval_summary)
+
+    p = sub.add_parser("pass-counts", help="passes per training prompt from a validation-only run (7B filter)")
+    p.add_argument("--generations", required=True, help="trainer.validation_data_dir of the run")
+    p.add_argument("--data", required=True, help="the parquet the run evaluated")
+    p.add_argument("--model", required=True, help="the evaluated model dir (its tokenizer renders prompts)")
+    p.add_argument("--out", required=True, help="JSON {uid: passes}")
+    p.set_defaults(func=cmd_pass_counts)
 
     p = sub.add_parser("convert", help="verl FSDP checkpoint -> Hugging Face model directory")
     p.add_argument("checkpoint_dir", help="trainer.default_local_dir, or one global_step_<N>/actor directory")

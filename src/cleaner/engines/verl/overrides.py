@@ -557,6 +557,28 @@ class RunFiles:
     overrides: list[str]
 
 
+def loop_neutral_copies(files: Sequence[str | os.PathLike] | str, out_dir: Path) -> list[str]:
+    """Copies of RL/eval parquets without the ``agent_name`` column, written into ``out_dir``.
+
+    verl lets a row's ``agent_name`` override ``default_agent_loop``; our data rows name ``tool_agent``, which would
+    silently run the stock loop in the CLEANER arm. Without the column every row runs the experiment's loop.
+    """
+    import pyarrow.parquet as pq
+
+    out: list[str] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in [files] if isinstance(files, (str, os.PathLike)) else list(files):
+        table = pq.read_table(str(f))
+        target = out_dir / Path(f).name
+        if "agent_name" in table.column_names:
+            table = table.drop_columns(["agent_name"])
+        tmp = target.with_name(f".{target.name}.tmp")
+        pq.write_table(table, str(tmp))
+        os.replace(tmp, target)
+        out.append(str(target))
+    return out
+
+
 def prepare_run(
     config: Mapping[str, Any],
     experiment: str | None,

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
+from cleaner.chat import ChatFormat
 from cleaner.prompts import CODE_INTERPRETER_TOOL
 from cleaner.protocol import format_exec_result, format_malformed_call
 
@@ -65,7 +66,21 @@ class CodeInterpreterTool(BaseTool):
             tool_schema = OpenAIFunctionToolSchema.model_validate(CODE_INTERPRETER_TOOL)
         self.settings = ToolSettings.from_config(config)
         self._sandbox: Any = None
+        self._formats: dict[int, tuple[Any, ChatFormat]] = {}
         super().__init__(config, tool_schema)
+
+    def chat_format(self, tokenizer: Any) -> ChatFormat:
+        """The :class:`cleaner.chat.ChatFormat` of ``tokenizer`` with this tool's schema, built once per worker.
+
+        verl builds one agent loop per trajectory; building a ChatFormat reads the whole vocabulary (150k entries
+        for Qwen), so the per-worker tool keeps it.
+        """
+        cached = self._formats.get(id(tokenizer))
+        if cached is None or cached[0] is not tokenizer:
+            schema = self.tool_schema.model_dump(exclude_unset=True, exclude_none=True)
+            cached = (tokenizer, ChatFormat(tokenizer, [schema]))
+            self._formats[id(tokenizer)] = cached
+        return cached[1]
 
     @property
     def sandbox(self) -> Any:
