@@ -103,6 +103,15 @@ def rl_init_model_path(input):
     return config["verl"]["sft_model_path"] or input.model
 
 
+def rl_gpu_resources():
+    """GPUs of an RL job. One node: `gpu` + `gpu_model` (the plugin's --gpus). Several nodes: --gpus would count
+    GPUs per job, not per node, so ask for generic resources per node instead (--gres=gpu:h200:N --nodes=M)."""
+    n, nodes = config["verl"]["n_gpus_per_node"], config["verl"]["nnodes"]
+    if nodes > 1:
+        return {"gres": f"gpu:h200:{n}", "nodes": nodes}
+    return {"gpu": n, "gpu_model": "h200", "nodes": 1}
+
+
 def ray_launcher():
     """Multi-node RL starts a Ray cluster across the SLURM allocation first; single-node runs need none."""
     if (config.get("verl") or {}).get("nnodes", 1) > 1:

@@ -48,9 +48,7 @@ else:
         resources:
             mem_mb=512000,
             runtime=72 * 60,
-            gpu=lambda wc: config["verl"]["n_gpus_per_node"],
-            gpu_model="h200",
-            nodes=lambda wc: config["verl"]["nnodes"],
+            **rl_gpu_resources(),
         conda:
             "../envs/verl.yaml"
         params:

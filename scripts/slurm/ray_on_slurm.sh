@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run a command against a Ray cluster spanning this SLURM allocation (multi-node verl RL).
+# Ray's own output goes to stderr; COMMAND's stdout stays clean.
 #
-#   scripts/slurm/ray_on_slurm.sh COMMAND [ARGS...]
+#   scripts/slurm/ray_on_slurm.sh [--] COMMAND [ARGS...]
 #
-# On one node (SLURM_JOB_NUM_NODES unset or 1) it runs COMMAND directly: verl starts its own local Ray.
+# On one node (no SLURM job, or a one-node allocation) it runs COMMAND directly: verl starts its own local Ray.
 # On N > 1 nodes it follows verl's multi-node SLURM recipe (docs "Multinode training", examples/slurm/
 # ray_on_slurm.slurm): `ray start --head` on the first node of the allocation and `ray start --address` on
 # the others, each through `srun --overlap` so the steps share the allocation with the job's own step; it
@@ -21,17 +22,24 @@ set -euo pipefail
 
 log() { echo "ray_on_slurm: $*" >&2; }
 
+[[ ${1:-} == -- ]] && shift
 if [[ $# == 0 ]]; then
-    echo "usage: $0 COMMAND [ARGS...]" >&2
+    echo "usage: $0 [--] COMMAND [ARGS...]" >&2
     exit 2
 fi
 
-nodes=${SLURM_JOB_NUM_NODES:-1}
+# The allocation's nodes as slurmctld sees them: inside the job step that Snakemake's jobstep executor starts
+# (`srun -n1`), SLURM_JOB_NUM_NODES and SLURM_NNODES describe that one-node step, not the allocation.
+nodes=1
+nodelist=
+if [[ -n ${SLURM_JOB_ID:-} ]]; then
+    read -r nodes nodelist < <(squeue -h -j "$SLURM_JOB_ID" -o "%D %N")
+fi
 if [[ $nodes -le 1 && ${CLEANER_RAY_ON_SLURM:-} != force ]]; then
     exec "$@"
 fi
-if [[ -z ${SLURM_JOB_ID:-} || -z ${SLURM_JOB_NODELIST:-} ]]; then
-    log "SLURM_JOB_NUM_NODES=$nodes but no SLURM allocation (SLURM_JOB_ID/SLURM_JOB_NODELIST unset)"
+if [[ -z $nodelist ]]; then
+    log "CLEANER_RAY_ON_SLURM=force needs a SLURM allocation (SLURM_JOB_ID unset or unknown to squeue)"
     exit 2
 fi
 
@@ -54,14 +62,23 @@ else
 fi
 cpus=${CLEANER_RAY_CPUS_PER_NODE:-${SLURM_CPUS_ON_NODE:-$(nproc)}}
 
-mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+# srun on the allocation rather than on the current step: drop the step's SLURM_* (node list, task and GPU
+# counts) that would confine the new steps to this one node, as the jobstep executor does for its own srun.
+job_srun() {
+    local unset_args=() var
+    for var in $(compgen -e); do
+        case $var in
+            SLURM_JOB_ID | SLURM_JOBID | SLURM_CONF | SLURM_CLUSTER_NAME) ;;
+            SLURM_* | SRUN_* | SBATCH_*) unset_args+=(-u "$var") ;;
+        esac
+    done
+    env "${unset_args[@]}" srun --jobid="$SLURM_JOB_ID" --overlap "$@"
+}
+
+mapfile -t hosts < <(scontrol show hostnames "$nodelist")
 head=${hosts[0]}
-if [[ ${#hosts[@]} -lt $nodes ]]; then
-    log "SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST names ${#hosts[@]} hosts, fewer than $nodes nodes"
-    exit 2
-fi
 # The head's address as the other nodes reach it (first address `hostname -I` lists on the head node).
-head_ip=$(srun --overlap --nodes=1 --ntasks=1 -w "$head" hostname -I | awk '{print $1}')
+head_ip=$(job_srun --nodes=1 --ntasks=1 -w "$head" hostname -I | awk '{print $1}')
 address=$head_ip:$port
 
 step_pids=()
@@ -80,13 +97,13 @@ trap cleanup EXIT
 trap 'exit 143' INT TERM
 
 log "head $head ($address), $nodes node(s), $cpus CPUs + $gpus GPUs each"
-srun --overlap --nodes=1 --ntasks=1 -w "$head" \
+job_srun --nodes=1 --ntasks=1 -w "$head" \
     "$RAY" start --head --node-ip-address="$head_ip" --port="$port" \
-    --num-cpus="$cpus" --num-gpus="$gpus" --disable-usage-stats --block &
+    --num-cpus="$cpus" --num-gpus="$gpus" --disable-usage-stats --block >&2 &
 step_pids+=($!)
 if ((nodes > 1)); then
-    srun --overlap --nodes=$((nodes - 1)) --ntasks=$((nodes - 1)) --ntasks-per-node=1 --exclude="$head" \
-        "$RAY" start --address="$address" --num-cpus="$cpus" --num-gpus="$gpus" --disable-usage-stats --block &
+    job_srun --nodes=$((nodes - 1)) --ntasks=$((nodes - 1)) --ntasks-per-node=1 --exclude="$head" \
+        "$RAY" start --address="$address" --num-cpus="$cpus" --num-gpus="$gpus" --disable-usage-stats --block >&2 &
     step_pids+=($!)
 fi
 
