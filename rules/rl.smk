@@ -16,7 +16,9 @@ if ENGINE == "embedded":
             f"{RES}/logs/rl/{{exp}}_seed{{seed}}.log",
         benchmark:
             f"{RES}/benchmarks/rl/{{exp}}_seed{{seed}}.tsv"
-        threads: workflow.cores
+        # One thread per job: on a 2-core machine two RL jobs side by side train faster than one with two threads
+        # (a ~1M-parameter model cannot keep two threads busy; rollouts and tool calls interleave).
+        threads: 1
         resources:
             mem_mb=6000,
             runtime=120,

@@ -56,8 +56,8 @@ class TestbedDataConfig:
     n_rl_train: int = 2000
     n_val: int = 64
     n_test: int = 200
-    slip_rate: float = 0.3
-    wrong_rate: float = 0.3
+    slip_rate: float = 0.35
+    wrong_rate: float = 0.35
     heldout_templates: bool = False
     tool_timeout_s: float = 2.0
     tool_memory_mb: int = 512

@@ -16,11 +16,11 @@ __all__ = ["TinyModelConfig", "init_model"]
 
 @dataclass(frozen=True)
 class TinyModelConfig:
-    hidden_size: int = 192
-    intermediate_size: int = 512
+    hidden_size: int = 128
+    intermediate_size: int = 384
     num_hidden_layers: int = 4
-    num_attention_heads: int = 6
-    num_key_value_heads: int = 6
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
     head_dim: int = 32
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0

@@ -97,7 +97,7 @@ def _pick(rng: random.Random, options: tuple[str, ...]) -> str:
 
 # ---------------------------------------------------------------------------------------------- product
 def _product_sample(rng: random.Random) -> dict:
-    return {"a": _digits(rng, 3, 6), "b": _digits(rng, 3, 6), "c": _digits(rng, 2, 5)}
+    return {"a": _digits(rng, 4, 7), "b": _digits(rng, 4, 7), "c": _digits(rng, 3, 6)}
 
 
 def _product_solution(p: dict, rng: random.Random) -> Solution:
@@ -111,7 +111,7 @@ def _product_solution(p: dict, rng: random.Random) -> Solution:
 
 # ---------------------------------------------------------------------------------------------- powmod
 def _powmod_sample(rng: random.Random) -> dict:
-    return {"a": rng.randint(2, 999), "b": _digits(rng, 4, 9), "m": _digits(rng, 3, 6)}
+    return {"a": rng.randint(2, 9999), "b": _digits(rng, 4, 9), "m": _digits(rng, 4, 8)}
 
 
 def _powmod_solution(p: dict, rng: random.Random) -> Solution:
@@ -235,7 +235,7 @@ def _fib_mod(n: int, m: int) -> int:
 
 
 def _fib_sample(rng: random.Random) -> dict:
-    return {"n": rng.choice((rng.randint(20, 900), rng.randint(900, 30_000))), "m": _digits(rng, 3, 7)}
+    return {"n": rng.choice((rng.randint(20, 900), rng.randint(900, 30_000))), "m": _digits(rng, 5, 9)}
 
 
 def _fib_solution(p: dict, rng: random.Random) -> Solution:
@@ -259,7 +259,7 @@ def _fib_solution(p: dict, rng: random.Random) -> Solution:
 
 # ---------------------------------------------------------------------------------------------- lcm
 def _lcm_sample(rng: random.Random) -> dict:
-    return {"xs": [rng.randint(2, 400) for _ in range(rng.randint(4, 7))]}
+    return {"xs": [rng.randint(2, 999) for _ in range(rng.randint(4, 8))]}
 
 
 def _lcm_solution(p: dict, rng: random.Random) -> Solution:
@@ -288,7 +288,7 @@ def _powsum_solution(p: dict, rng: random.Random) -> Solution:
 
 # ---------------------------------------------------------------------------------------------- two steps
 def _chain_sample(rng: random.Random) -> dict:
-    return {"n": rng.randint(1_000, _SIEVE_LIMIT), "e": _digits(rng, 2, 5), "m": _digits(rng, 3, 5)}
+    return {"n": rng.randint(1_000, _SIEVE_LIMIT), "e": _digits(rng, 2, 5), "m": _digits(rng, 4, 7)}
 
 
 def _chain_solution(p: dict, rng: random.Random) -> Solution:

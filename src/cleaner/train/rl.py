@@ -424,15 +424,19 @@ def train_rl(
         adv = grpo_advantages([s.reward for s in samples], mask, [s.group for s in samples],
                               norm_by_std=rl.norm_adv_by_std)
         lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-        # Old log-probs are recomputed on the final (purified) sequences (CLEANER.md step 6).
-        old = torch.zeros_like(adv)
-        with torch.no_grad():
-            for mb in _micro_batches(lengths, rl.micro_batch_tokens):
-                lp, _ = sequence_logprobs(model, [prompts[i] for i in mb], [responses[i] for i in mb], pad)
-                old[mb, : lp.shape[1]] = lp
-        model.train()
         groups = list(dict.fromkeys(s.group for s in samples))
         per_mini = max(1, len(groups) * rl.mini_batch_prompts // rl.batch_prompts)
+        # Old log-probs are recomputed on the final (purified) sequences (CLEANER.md step 6). When the step makes a
+        # single optimiser update (one epoch, one mini-batch) the policy has not moved yet, so the training
+        # forward pass gives exactly those values (ratio 1) and a separate no-grad pass would be redundant.
+        single_update = rl.ppo_epochs == 1 and per_mini >= len(groups)
+        old = torch.zeros_like(adv)
+        if not single_update:
+            with torch.no_grad():
+                for mb in _micro_batches(lengths, rl.micro_batch_tokens):
+                    lp, _ = sequence_logprobs(model, [prompts[i] for i in mb], [responses[i] for i in mb], pad)
+                    old[mb, : lp.shape[1]] = lp
+        model.train()
         stats: dict[str, list[float]] = {"pg_loss": [], "clipfrac": [], "clipfrac_lower": [], "ppo_kl": [],
                                          "grad_norm": [], "entropy": []}
         for _ in range(rl.ppo_epochs):
@@ -455,6 +459,8 @@ def train_rl(
                     lp, ent = sequence_logprobs(model, [prompts[i] for i in mb], [responses[i] for i in mb], pad,
                                                 with_entropy=True)
                     w = lp.shape[1]
+                    if single_update:
+                        old[mb, :w] = lp.detach()
                     loss, pm = policy_loss(old[mb, :w], lp, adv[mb, :w], mask[mb, :w], actor_cfg,
                                            batch_num_tokens=n_tok, global_batch_size=len(idx))
                     if rl.entropy_coef:
@@ -472,10 +478,17 @@ def train_rl(
                 stats["grad_norm"].append(float(gn))
                 stats["entropy"].append(ent_sum / max(ent_n, 1))
         model.eval()
+        # How far from the policy the trained tokens are: spliced (purified) turns were sampled in a context
+        # that no longer exists, so their recomputed log-probs show how off-policy SAAR makes the batch.
+        spliced = torch.tensor([bool(s.traj.stats.get("spliced")) for s in samples])
+        logp_stats = {}
+        for name, sel in (("logp_spliced", spliced), ("logp_unspliced", ~spliced)):
+            m = mask[sel].float()
+            logp_stats[name] = float((old[sel] * m).sum() / m.sum()) if m.sum() > 0 else None
         out = {k: _mean(v) for k, v in stats.items()}
         out.update({"updated": True, "update_s": time.perf_counter() - t0, "lr": lr_at(
             step, base_lr=rl.lr, warmup_steps=rl.warmup_steps, total_steps=rl.steps, schedule=rl.lr_schedule),
-            "trained_trajectories": sum(s.in_loss for s in samples)})
+            "trained_trajectories": sum(s.in_loss for s in samples), **logp_stats})
         return out
 
     asyncio.run(run_steps())

@@ -38,11 +38,11 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class SFTConfig:
-    lr: float = 3e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    batch_size: int = 32
-    max_steps: int = 1500
+    warmup_steps: int = 30
+    batch_size: int = 16
+    max_steps: int = 900
     max_minutes: float | None = None  # stop early (and save) after this much training wall time
     max_length: int = 768
     weight_decay: float = 0.01
