@@ -9,6 +9,7 @@ if ENGINE == "embedded":
         input:
             model=sft_model(),
             train=rl_train_data(),
+            val=f"{RES}/data/val.parquet",
         output:
             model=directory(f"{RES}/{{exp}}/seed{{seed}}/rl/final"),
             summary=f"{RES}/{{exp}}/seed{{seed}}/rl/summary.json",
@@ -29,7 +30,8 @@ if ENGINE == "embedded":
             cfg=CONFIGFILE,
         shell:
             "{params.cli} rl --config {params.cfg} --experiment {wildcards.exp} --seed {wildcards.seed} "
-            "--model {input.model} --data {input.train} --out $(dirname {output.model}) --threads {threads} "
+            "--model {input.model} --data {input.train} --val {input.val} --out $(dirname {output.model}) "
+            "--threads {threads} "
             "> {log} 2>&1"
 
 else:

@@ -97,6 +97,7 @@ class _Run:
         self.spliced = False
         self.logprobs_missing = False
         self.malformed = 0
+        self.first_call_failed: bool | None = None  # the trajectory's very first tool call (comparable across arms)
 
     def sampling(self, max_new: int) -> SamplingParams:
         stops = self.fmt.stop_token_ids if self.cfg.tools_enabled else tuple(
@@ -122,8 +123,12 @@ class _Run:
         """Run the turn's call; returns (tool response text, failed)."""
         if turn.call is None:
             self.malformed += 1
+            if self.first_call_failed is None:
+                self.first_call_failed = True
             return format_malformed_call(turn.malformed or "no tool call"), True
         res = await self.sandbox.run(turn.call.code, timeout_s=self.cfg.tool_timeout_s, memory_mb=self.cfg.tool_memory_mb)
+        if self.first_call_failed is None:
+            self.first_call_failed = not res.ok
         return format_exec_result(res, max_chars=self.cfg.max_tool_response_chars), not res.ok
 
 
@@ -242,6 +247,7 @@ async def run_agent(
         "model_tokens": sum(traj.response_mask),
         "malformed_calls": run.malformed,
         "spliced": run.spliced,
+        "first_call_failed": run.first_call_failed,
         "finish_reason": finish,
     }
     logprobs = run.logprobs if cfg.logprobs and not run.spliced and not run.logprobs_missing else None

@@ -116,6 +116,16 @@ def _agent_config(section: dict[str, Any], saar: dict[str, Any] | None):
     return AgentConfig.from_dict(section, saar=SaarConfig.from_dict(saar) if saar is not None else None)
 
 
+def _eval_agent_config(cfg: dict[str, Any]):
+    """The agent for evaluation: rollout limits, eval sampling (temperature, top-p), SAAR off unless
+    eval.saar_at_test_time (the reference also runs SAAR in validation; we do not by default)."""
+    ev = cfg["eval"]
+    rollout = dict(cfg["rollout"])
+    rollout.update({k: ev[k] for k in ("temperature", "top_p") if k in ev})
+    saar = dict(cfg["saar"]) if ev.get("saar_at_test_time") else {**cfg["saar"], "enabled": False}
+    return _agent_config(rollout, saar)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -129,10 +139,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = _config(args.config, args.experiment)
     _threads(cfg, args.threads)
     ev = cfg["eval"]
-    rollout = dict(cfg["rollout"])
-    rollout.update({k: ev[k] for k in ("temperature", "top_p") if k in ev})
-    saar = dict(cfg["saar"]) if ev.get("saar_at_test_time") else {**cfg["saar"], "enabled": False}
-    acfg = _agent_config(rollout, saar)
+    acfg = _eval_agent_config(cfg)
+    saar = {"enabled": acfg.saar.enabled}
     rows = load_rows(args.data, limit=args.limit or ev.get("limit"))
     k = int(args.k or ev["k"])
     gen, tok = HFGenerator.from_pretrained(args.model, device=args.device, max_batch_size=int(ev.get("batch_size", 64)))
@@ -171,8 +179,8 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     rl = RLConfig.from_dict(cfg["rl"])
     agent = _agent_config(cfg["rollout"], cfg["saar"])
     summary = train_rl(args.model, args.data, args.out, rl=rl, agent=agent, peers=PeersConfig.from_dict(cfg["peers"]),
-                       seed=int(args.seed), sandbox_workers=int(cfg["sandbox_workers"]),
-                       sandbox_config=_sandbox_config(cfg))
+                       seed=int(args.seed), val_path=args.val, val_agent=_eval_agent_config(cfg),
+                       sandbox_workers=int(cfg["sandbox_workers"]), sandbox_config=_sandbox_config(cfg))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -236,6 +244,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", required=True, help="initial HF model directory (the SFT model)")
     p.add_argument("--data", required=True, help="training prompts parquet (RL row schema)")
+    p.add_argument("--val", default=None, help="validation parquet, evaluated every rl.val_every steps")
     p.add_argument("--out", required=True, help="output directory (final/, checkpoints/, metrics.jsonl)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_cmd_rl)

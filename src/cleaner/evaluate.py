@@ -71,6 +71,10 @@ def summarize_records(records: Sequence[dict[str, Any]], *, k: int) -> dict[str,
             "first_attempt_failure_rate": (
                 sum(s["first_attempt_failures"] for s in st) / max(1, sum(s["first_attempt_calls"] for s in st))
             ),
+            # The trajectory's first tool call failed: comparable across arms (with SAAR on at test time,
+            # or in the baseline, later calls include the model's own fixes).
+            "first_call_failure_rate": _mean([float(s["first_call_failed"]) for s in st
+                                              if s.get("first_call_failed") is not None]),
             "response_length": _mean([s["response_length"] for s in st]),
             "turns": _mean([s["turns"] for s in st]),
             "finish_reasons": dict(sorted(_count(s["finish_reason"] for s in st).items())),

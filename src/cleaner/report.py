@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 __all__ = ["build_report", "merge_eval", "steps_to_reach"]
 
 METRICS = ("pass@1", "tool_failures_per_trajectory", "tool_calls_per_trajectory", "response_length",
-           "first_attempt_failure_rate")
+           "first_call_failure_rate", "recovered_correct_rate")
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -140,21 +140,27 @@ def _baseline_name(config: dict[str, Any]) -> str | None:
 
 
 def _steps_to_baseline(cdf, *, baseline: str | None, window: int = 5) -> dict[str, Any]:
-    """RL steps each experiment x seed needs to reach the baseline's final training accuracy (moving average)."""
-    if baseline is None or "acc" not in cdf:
+    """RL steps each experiment x seed needs to reach the baseline's final accuracy.
+
+    Uses the validation Pass@1 curve (SAAR off, paired sampling seeds) when the runs logged one, else the
+    training accuracy (which for CLEANER includes its hidden retries, so it is not comparable across arms).
+    Moving average over ``window`` points of the curve."""
+    metric = "val/pass@1" if "val/pass@1" in cdf and cdf["val/pass@1"].notna().any() else "acc"
+    if baseline is None or metric not in cdf:
         return {}
-    base = cdf[cdf.experiment == baseline]
+    if metric == "val/pass@1":
+        window = 2
+    data = cdf[cdf[metric].notna()]
     finals = []
-    for _, g in base.groupby("seed"):
-        g = g.sort_values("step")
-        finals.append(_smooth(list(g.acc), window)[-1])
+    for _, g in data[data.experiment == baseline].groupby("seed"):
+        finals.append(_smooth(list(g.sort_values("step")[metric]), window)[-1])
     if not finals:
         return {}
     target = sum(finals) / len(finals)
-    out: dict[str, Any] = {"target_train_acc": target, "window": window, "by_experiment": {}}
-    for (exp, seed), g in cdf.groupby(["experiment", "seed"]):
+    out: dict[str, Any] = {"metric": metric, "target": target, "window": window, "by_experiment": {}}
+    for (exp, seed), g in data.groupby(["experiment", "seed"]):
         g = g.sort_values("step")
-        out["by_experiment"].setdefault(exp, {})[int(seed)] = steps_to_reach(list(zip(g.step, g.acc)), target,
+        out["by_experiment"].setdefault(exp, {})[int(seed)] = steps_to_reach(list(zip(g.step, g[metric])), target,
                                                                             window=window)
     return out
 
@@ -176,20 +182,22 @@ def _markdown(df, reach: dict[str, Any], config: dict[str, Any]) -> str:
         sub = df[df.split == split]
         lines += [f"## {split}", "",
                   "| experiment | seeds | Pass@1 % | Pass@k % | tool failures / traj | tool calls / traj | "
-                  "first-attempt failure % | response tokens |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "first call fails % | failed-then-correct % | response tokens |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for exp in list(dict.fromkeys(sub.experiment)):
             g = sub[sub.experiment == exp]
             lines.append(
                 f"| {exp} | {len(g)} | {_fmt(list(g['pass@1']), True)} | {_fmt(list(g['pass@k']), True)} | "
                 f"{_fmt(list(g['tool_failures_per_trajectory']), False)} | "
                 f"{_fmt(list(g['tool_calls_per_trajectory']), False)} | "
-                f"{_fmt(list(g['first_attempt_failure_rate']), True)} | {_fmt(list(g['response_length']), False)} |"
+                f"{_fmt(list(g['first_call_failure_rate']), True)} | {_fmt(list(g['recovered_correct_rate']), True)} | "
+                f"{_fmt(list(g['response_length']), False)} |"
             )
         lines.append("")
     if reach:
-        lines += [f"## RL steps to reach the baseline's final training accuracy "
-                  f"({reach['target_train_acc'] * 100:.1f}%, {reach['window']}-step moving average)", "",
+        what = "validation Pass@1" if reach["metric"] == "val/pass@1" else "training accuracy"
+        lines += [f"## RL steps to reach the baseline's final {what} "
+                  f"({reach['target'] * 100:.1f}%, moving average over {reach['window']} points)", "",
                   "| experiment | steps per seed |", "|---|---|"]
         for exp, per_seed in reach["by_experiment"].items():
             cells = ", ".join(f"seed{s}: {'not reached' if v is None else v}" for s, v in sorted(per_seed.items()))
@@ -205,19 +213,21 @@ def _plot(cdf, path: str) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    panels = [("acc", "training accuracy"), ("tool_failures_after", "tool failures / traj (trained)"),
-              ("tool_failures_before", "tool failures / traj (generated)"), ("response_length", "response tokens")]
+    panels = [("val/pass@1", "validation Pass@1 (SAAR off)"), ("val/tool_failures", "validation tool failures / traj"),
+              ("acc", "training accuracy"), ("tool_failures_after", "tool failures / traj (trained)"),
+              ("tool_failures_before", "tool failures / traj (generated)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (col, title) in zip(axes, panels):
         if cdf.empty or col not in cdf:
             ax.set_title(f"{title}\n(no data)")
             continue
-        d = cdf[["experiment", "seed", "step", col]].copy()
-        d[col] = d.groupby(["experiment", "seed"])[col].transform(lambda s: s.rolling(5, min_periods=1).mean())
+        d = cdf[["experiment", "seed", "step", col]].dropna().copy()
+        if not col.startswith("val/"):
+            d[col] = d.groupby(["experiment", "seed"])[col].transform(lambda s: s.rolling(5, min_periods=1).mean())
         sns.lineplot(data=d, x="step", y=col, hue="experiment", errorbar="sd", ax=ax)
         ax.set_title(title)
         ax.set_ylabel("")
-    fig.suptitle("RL training curves (5-step moving average; band = ±1 sd over seeds)")
+    fig.suptitle("RL curves (training panels: 5-step moving average; band = ±1 sd over seeds)")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)

@@ -297,6 +297,8 @@ def train_rl(
     agent: AgentConfig,
     peers: PeersConfig = PeersConfig(),
     seed: int = 0,
+    val_path: str | Path | None = None,
+    val_agent: AgentConfig | None = None,
     sandbox_workers: int = 2,
     sandbox_config: Any = None,
     progress: bool = True,
@@ -305,6 +307,9 @@ def train_rl(
     """Run (or resume) RL from ``model_dir`` on the prompts in ``train_path``; writes ``out_dir/final``.
 
     ``stop_after``: stop (with a checkpoint) after this many steps in this call -- for tests of resumption.
+    ``val_path``: every ``rl.val_every`` steps (and before the first step) the policy is evaluated on these rows
+    with ``val_agent`` (SAAR off: the test-time protocol), ``rl.val_k`` samples each, with the same sampling
+    seeds every time, so the curves of different arms are paired; metrics ``val/pass@1``, ``val/tool_failures``.
     """
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -342,6 +347,9 @@ def train_rl(
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step)
     (out / "config.json").write_text(json.dumps({"rl": asdict(rl), "agent": _agent_dict(agent),
                                                   "peers": asdict(peers), "seed": seed}, indent=2, default=str))
+    val_rows: list[dict[str, Any]] = []
+    if val_path is not None and rl.val_every > 0:
+        val_rows, _ = filter_long_prompts(read_parquet_rows(val_path), fmt, val_agent or agent)
     gen = HFGenerator(model, pad_token_id=pad, max_batch_size=256, seed=seed)
     actor_cfg = _actor_config(rl, rl.batch_prompts * rl.n)
     done_this_call = 0
@@ -355,6 +363,8 @@ def train_rl(
         async with Sandbox(workers=sandbox_workers, config=sandbox_config) as box:
             bar = tqdm(total=rl.steps, initial=step, desc="rl", disable=not progress, dynamic_ncols=True)
             try:
+                if step == 0 and val_rows:
+                    metrics.write({"step": 0, **await _validate(box)})
                 while step < rl.steps and (stop_after is None or done_this_call < stop_after):
                     t0 = time.perf_counter()
                     row_metrics = await _one_step(box)
@@ -363,6 +373,8 @@ def train_rl(
                     step += 1
                     done_this_call += 1
                     row_metrics.update({"step": step, "step_time_s": dt, "elapsed_s": elapsed})
+                    if val_rows and (step % rl.val_every == 0 or step == rl.steps):
+                        row_metrics.update(await _validate(box))
                     metrics.write(row_metrics)
                     bar.update(1)
                     bar.set_postfix(reward=f"{row_metrics['reward']:.2f}", acc=f"{row_metrics['acc']:.2f}",
@@ -372,6 +384,16 @@ def train_rl(
             finally:
                 bar.close()
                 await gen.aclose()
+
+    async def _validate(box) -> dict[str, Any]:
+        from cleaner.evaluate import evaluate_rows
+
+        model.eval()
+        t0 = time.perf_counter()
+        summary, _ = await evaluate_rows(gen, box, fmt, val_rows, val_agent or agent, k=rl.val_k, seed=10_007)
+        return {"val/pass@1": summary["pass@1"], "val/tool_failures": summary["tool_failures_per_trajectory"],
+                "val/first_call_failure_rate": summary["first_call_failure_rate"],
+                "val/response_length": summary["response_length"], "val_s": time.perf_counter() - t0}
 
     async def _one_step(box) -> dict[str, Any]:
         rng = random.Random(f"rl:{seed}:{rl.seed_offset}:{step}")
