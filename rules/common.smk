@@ -16,6 +16,8 @@ if config["engine"] == "embedded" and config["data"]["source"] != "testbed":
     raise ValueError("config: engine 'embedded' trains the testbed model; use engine 'verl' for data.source 'real'")
 
 NAME = config["name"]
+# Apptainer image for the GPU rules (used with --sdm apptainer; envs/apptainer/verl.def builds one).
+GPU_CONTAINER = (config.get("verl") or {}).get("container")
 RES = f"results/{NAME}"
 EXPERIMENTS = list(config["experiments"])
 ENGINE = config["engine"]

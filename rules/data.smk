@@ -128,6 +128,8 @@ else:
             gpu_model="h200",
         conda:
             "../envs/verl.yaml"
+        container:
+            GPU_CONTAINER
         params:
             cli=CLI,
             cfg=CONFIGFILE,

@@ -77,6 +77,8 @@ else:
             gpu_model="h200",
         conda:
             "../envs/verl.yaml"
+        container:
+            GPU_CONTAINER
         params:
             cli=CLI,
             cfg=CONFIGFILE,
@@ -112,6 +114,8 @@ else:
             gpu_model="h200",
         conda:
             "../envs/verl.yaml"
+        container:
+            GPU_CONTAINER
         params:
             cli=CLI,
             cfg=CONFIGFILE,

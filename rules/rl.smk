@@ -55,6 +55,8 @@ else:
             **rl_gpu_resources(),
         conda:
             "../envs/verl.yaml"
+        container:
+            GPU_CONTAINER
         params:
             cli=CLI,
             cfg=CONFIGFILE,
