@@ -164,3 +164,23 @@ def test_train_rl_runs_and_resumes_from_checkpoint(tiny_model_dir, tmp_path, cap
     for key in ("reward", "acc", "tool_failures_before", "tool_failures_after", "saar_triggered", "saar_shallow",
                 "saar_deep", "entropy", "clipfrac", "step_time_s", "response_length"):
         assert key in row
+
+
+def test_void_turn_filter_flags_turns_without_call_or_answer(chat_format):
+    from cleaner.agent import Trajectory
+    from cleaner.train.rl import has_void_turn
+
+    def traj(*segments):
+        ids, mask = [], []
+        for text, m in segments:
+            seg = chat_format.encode(text)
+            ids += seg
+            mask += [m] * len(seg)
+        return Trajectory([], ids, mask, None, "", None, "answer", {})
+
+    call = chat_format.assistant_text("Let me add.", "print(1 + 2)")
+    tool = chat_format.tool_response_text("3")
+    clean = traj((call, 1), (tool, 0), ("\\boxed{3}<|im_end|>", 1))
+    void = traj(("I am not sure what to do.\n", 1), (tool, 0), ("\\boxed{3}<|im_end|>", 1))
+    assert not has_void_turn(clean, chat_format)
+    assert has_void_turn(void, chat_format)
