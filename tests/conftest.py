@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -41,15 +40,10 @@ def sample_conversations() -> list[list[dict]]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A seeded, untrained tiny Qwen3 model + BPE tokenizer with the testbed chat template."""
-    from jinja2 import Environment
-
     from cleaner.testbed.model import TinyModelConfig, init_model
-    from cleaner.testbed.tokenizer import CHAT_TEMPLATE, train_tokenizer
+    from cleaner.testbed.tokenizer import render_chat, train_tokenizer
 
-    env = Environment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False)
-    tpl = env.from_string(CHAT_TEMPLATE)
-    texts = [tpl.render(messages=m, tools=tool_schemas()) for m in _sample_conversations()] * 5
+    texts = [render_chat(m, tool_schemas()) for m in _sample_conversations()] * 5
     texts += ["print(undefined_name)\nimport math\nfor i in range(10):\n    total += i"] * 5
     root = tmp_path_factory.mktemp("tiny")
     tok = train_tokenizer(texts, root / "tok", vocab_size=400)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,33 +65,24 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 def _cmd_make_model(args: argparse.Namespace) -> int:
     from cleaner.prompts import tool_schemas
     from cleaner.testbed.model import TinyModelConfig, init_model
-    from cleaner.testbed.tokenizer import CHAT_TEMPLATE, train_tokenizer
+    from cleaner.testbed.tokenizer import render_chat, train_tokenizer
 
     cfg = _config(args.config)
     tb = cfg["testbed"]
     out = Path(args.out)
     tmp_tok = out.parent / (out.name + ".tokenizer.tmp")
-    # The BPE learns from the conversations the model will see, rendered by the chat template itself
-    # (jinja with HF's settings: there is no tokenizer yet to call apply_chat_template on).
-    from jinja2 import Environment
-
-    env = Environment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False)
-    template = env.from_string(CHAT_TEMPLATE)
     tools = tool_schemas()
 
     def texts():
+        # The BPE learns from the conversations the model will see, rendered by the chat template itself.
         with open(args.sft) as fh:
             for line in fh:
                 if line.strip():
-                    yield template.render(messages=json.loads(line)["messages"], tools=tools,
-                                          add_generation_prompt=False)
+                    yield render_chat(json.loads(line)["messages"], tools)
 
     tok = train_tokenizer(texts(), tmp_tok, vocab_size=int(tb["tokenizer"]["vocab_size"]))
     model = init_model(tok, TinyModelConfig.from_dict(tb["model"]), seed=int(tb.get("model_seed", 0)), out_dir=out)
     n_params = sum(p.numel() for p in model.parameters())
-    import shutil
-
     shutil.rmtree(tmp_tok, ignore_errors=True)
     print(json.dumps({"vocab_size": len(tok), "parameters": n_params, "out": str(out)}))
     return 0

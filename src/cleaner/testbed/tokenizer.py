@@ -12,7 +12,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TOOL_TOKENS", "train_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TOOL_TOKENS", "render_chat", "train_tokenizer"]
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Added (not "special") tokens, as in Qwen: they survive skip_special_tokens and are single ids.
@@ -55,6 +55,19 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def render_chat(messages: list[dict], tools: list[dict] | None, *, add_generation_prompt: bool = False) -> str:
+    """Render a conversation with :data:`CHAT_TEMPLATE` as ``apply_chat_template`` would (jinja with HF's
+    ``trim_blocks``/``lstrip_blocks`` and ``tojson``), for training the tokenizer before one exists."""
+    import json
+
+    from jinja2 import Environment
+
+    env = Environment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False)
+    return env.from_string(CHAT_TEMPLATE).render(messages=messages, tools=tools,
+                                                 add_generation_prompt=add_generation_prompt)
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 1024):
