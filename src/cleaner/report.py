@@ -121,7 +121,7 @@ def build_report(config: dict[str, Any], results: str | Path, out_dir: str | Pat
     _write_atomic(out_dir / "final_metrics.csv", lambda t: df.to_csv(t, index=False))
     cdf = pd.DataFrame(curves)
     reach = _steps_to_baseline(cdf, baseline=_baseline_name(config)) if not cdf.empty else {}
-    md = _markdown(df, reach, config)
+    md = _markdown(df, reach, config) + _saar_table(cdf)
     _write_atomic(out_dir / "final_metrics.md", lambda t: Path(t).write_text(md))
     _write_atomic(out_dir / "training_curves.png", lambda t: _plot(cdf, t))
     return {"rows": len(df), "curve_points": len(cdf), "steps_to_baseline": reach}
@@ -203,6 +203,28 @@ def _markdown(df, reach: dict[str, Any], config: dict[str, Any]) -> str:
             cells = ", ".join(f"seed{s}: {'not reached' if v is None else v}" for s, v in sorted(per_seed.items()))
             lines.append(f"| {exp} | {cells} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def _saar_table(cdf) -> str:
+    """What SAAR did during training, per experiment (means over all RL steps and seeds, per trajectory)."""
+    cols = [("saar_triggered", "triggered"), ("saar_recovered", "recovered"), ("saar_failed", "failed"),
+            ("saar_shallow", "shallow"), ("saar_deep", "deep"), ("tool_failures_before", "failures generated"),
+            ("tool_failures_after", "failures trained on"), ("logp_spliced", "log-p/token spliced"),
+            ("logp_unspliced", "log-p/token other")]
+    if cdf.empty or "saar_triggered" not in cdf:
+        return ""
+    lines = ["## Rollouts during RL (per trajectory, mean over steps and seeds)", "",
+             "| experiment | " + " | ".join(name for _, name in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for exp, g in cdf.groupby("experiment", sort=False):
+        cells = []
+        for col, _ in cols:
+            v = g[col].dropna() if col in g else []
+            cells.append(f"{float(v.mean()):.3f}" if len(v) else "-")
+        lines.append(f"| {exp} | " + " | ".join(cells) + " |")
+    lines += ["", "log-p/token: mean recomputed log-probability of the trained (mask 1) tokens of trajectories with a "
+              "SAAR splice vs without; spliced turns were sampled in a context that the purification removed.", ""]
     return "\n".join(lines)
 
 

@@ -345,8 +345,8 @@ def train_rl(
         step, elapsed = state["step"], state["elapsed_s"]
         print(f"rl: resuming from checkpoint {latest} (step {step} of {rl.steps})", file=sys.stderr, flush=True)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step)
-    (out / "config.json").write_text(json.dumps({"rl": asdict(rl), "agent": _agent_dict(agent),
-                                                  "peers": asdict(peers), "seed": seed}, indent=2, default=str))
+    write_json_atomic(json.loads(json.dumps({"rl": asdict(rl), "agent": asdict(agent), "peers": asdict(peers),
+                                             "seed": seed}, default=str)), out / "config.json")
     val_rows: list[dict[str, Any]] = []
     if val_path is not None and rl.val_every > 0:
         val_rows, _ = filter_long_prompts(read_parquet_rows(val_path), fmt, val_agent or agent)
@@ -521,11 +521,6 @@ def train_rl(
                "model_dir": str(out / "final") if step >= rl.steps else None}
     write_json_atomic(summary, out / "summary.json")
     return summary
-
-
-def _agent_dict(agent: AgentConfig) -> dict[str, Any]:
-    d = asdict(agent)
-    return d
 
 
 def _step_metrics(all_samples: list[_Sample], kept: list[_Sample]) -> dict[str, Any]:
