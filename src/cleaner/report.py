@@ -165,14 +165,14 @@ def _steps_to_baseline(cdf, *, baseline: str | None, window: int = 5) -> dict[st
     return out
 
 
-def _fmt(vals: Sequence[float], pct: bool) -> str:
+def _fmt(vals: Sequence[float], pct: bool, digits: int = 1) -> str:
     vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return "-"
     m = sum(vals) / len(vals)
     s = _std(vals)
     scale = 100.0 if pct else 1.0
-    return f"{m * scale:.1f}" + (f" ± {s * scale:.1f}" if s is not None else "")
+    return f"{m * scale:.{digits}f}" + (f" ± {s * scale:.{digits}f}" if s is not None else "")
 
 
 def _markdown(df, reach: dict[str, Any], config: dict[str, Any]) -> str:
@@ -188,8 +188,8 @@ def _markdown(df, reach: dict[str, Any], config: dict[str, Any]) -> str:
             g = sub[sub.experiment == exp]
             lines.append(
                 f"| {exp} | {len(g)} | {_fmt(list(g['pass@1']), True)} | {_fmt(list(g['pass@k']), True)} | "
-                f"{_fmt(list(g['tool_failures_per_trajectory']), False)} | "
-                f"{_fmt(list(g['tool_calls_per_trajectory']), False)} | "
+                f"{_fmt(list(g['tool_failures_per_trajectory']), False, 3)} | "
+                f"{_fmt(list(g['tool_calls_per_trajectory']), False, 2)} | "
                 f"{_fmt(list(g['first_call_failure_rate']), True)} | {_fmt(list(g['recovered_correct_rate']), True)} | "
                 f"{_fmt(list(g['response_length']), False)} |"
             )
