@@ -157,3 +157,36 @@ def test_console_script_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["recovered"] == 1
     assert json.loads(out.read_text(encoding="utf-8"))["purify_stats"]["gate_open"] is True
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    from cleaner.fsutil import atomic_write, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        p = write_text_atomic(tmp_path / "sub" / "a.json", "{}")
+        q = atomic_write(tmp_path / "b.csv", lambda tmp: open(tmp, "w").write("x"), suffix=".csv")
+    finally:
+        os.umask(old)
+    assert p.read_text() == "{}" and q.read_text() == "x"
+    assert (p.stat().st_mode & 0o777) == 0o644 and (q.stat().st_mode & 0o777) == 0o644
+    assert sorted(x.name for x in tmp_path.rglob("*") if x.is_file()) == ["a.json", "b.csv"]  # no temp left
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    import pytest
+
+    from cleaner.fsutil import atomic_write
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def boom(tmp):
+        open(tmp, "w").write("partial")
+        raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_text() == "old" and [x.name for x in tmp_path.iterdir()] == ["metrics.json"]

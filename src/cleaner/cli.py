@@ -15,7 +15,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from cleaner import __version__
 from cleaner.commands import add_commands
 from cleaner.data.cli import add_commands as add_data_commands
 from cleaner.engines.verl.cli import add_commands as add_verl_commands
+from cleaner.fsutil import write_text_atomic as _write_text_atomic
 from cleaner.saar import REPLACEMENT_MODES, SIMILARITY_TARGETS, PurifyStats, SaarConfig, purify_messages, summarize_stats
 
 EXIT_USAGE = 2
@@ -31,15 +31,7 @@ EXIT_USAGE = 2
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_text_atomic(path, text)
 
 
 # --- purify ------------------------------------------------------------------------------------------------

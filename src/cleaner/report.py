@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from cleaner.fsutil import atomic_write
 
 __all__ = ["build_report", "merge_eval", "steps_to_reach"]
 
@@ -23,15 +23,7 @@ METRICS = ("pass@1", "tool_failures_per_trajectory", "tool_calls_per_trajectory"
 
 
 def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write, suffix=path.suffix)
 
 
 def merge_eval(paths: Sequence[str | Path], out: str | Path) -> dict[str, Any]:

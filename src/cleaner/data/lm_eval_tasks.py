@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from cleaner.data.schema import DataError, write_json_atomic
+from cleaner.fsutil import write_text_atomic
 
 # Task -> lm-eval task file (relative to lm_eval/tasks), split overrides, primary metric key.
 LM_EVAL_TASKS: dict[str, dict[str, Any]] = {
@@ -100,10 +101,7 @@ def write_local_task_dir(
     out.mkdir(parents=True, exist_ok=True)
     for task, data_file in data_files.items():
         text = yaml.safe_dump(local_task_config(task, data_file, cache_dir=cache_dir), sort_keys=False)
-        fd, tmp = tempfile.mkstemp(prefix=f".{task}.", suffix=".tmp", dir=out)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out / f"{task}.yaml")
+        write_text_atomic(out / f"{task}.yaml", text)
     return out
 
 

@@ -20,14 +20,14 @@ many problems into a ``DataError`` that names the counts and the first few probl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from cleaner.fsutil import atomic_write
 
 ABILITIES = ("math", "code", "science")
 RL_ROW_KEYS = ("data_source", "prompt", "ability", "reward_model", "extra_info", "agent_name")
@@ -189,15 +189,7 @@ def check_bad_fraction(name: str, n_total: int, problems: Sequence[RowProblem], 
 
 
 def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write, suffix=suffix)
 
 
 def write_parquet_atomic(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:

@@ -51,7 +51,6 @@ import copy
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -61,6 +60,7 @@ import yaml
 
 from cleaner.config import ConfigError, resolve_experiment, validate_config
 from cleaner.engines.verl import AGENT_NAME, TOOL_NAME, package_file
+from cleaner.fsutil import write_text_atomic
 from cleaner.prompts import CODE_INTERPRETER_TOOL
 
 __all__ = [
@@ -510,15 +510,7 @@ def tool_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def write_tool_config(path: str | os.PathLike, resolved: Mapping[str, Any]) -> Path:
