@@ -23,15 +23,10 @@ from cleaner import __version__
 from cleaner.commands import add_commands
 from cleaner.data.cli import add_commands as add_data_commands
 from cleaner.engines.verl.cli import add_commands as add_verl_commands
-from cleaner.fsutil import write_text_atomic as _write_text_atomic
+from cleaner.fsutil import write_text_atomic
 from cleaner.saar import REPLACEMENT_MODES, SIMILARITY_TARGETS, PurifyStats, SaarConfig, purify_messages, summarize_stats
 
 EXIT_USAGE = 2
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    _write_text_atomic(path, text)
 
 
 # --- purify ------------------------------------------------------------------------------------------------

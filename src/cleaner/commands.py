@@ -132,7 +132,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _threads(cfg, args.threads)
     ev = cfg["eval"]
     acfg = _eval_agent_config(cfg)
-    saar = {"enabled": acfg.saar.enabled}
     rows = load_rows(args.data, limit=args.limit or ev.get("limit"))
     k = int(args.k or ev["k"])
     gen, tok = HFGenerator.from_pretrained(args.model, device=args.device, max_batch_size=int(ev.get("batch_size", 64)))
@@ -155,7 +154,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     summary, records = asyncio.run(main())
     summary.update({"model": str(args.model), "data": str(args.data), "k": k, "skipped_long_prompts": len(dropped),
-                    "experiment": cfg.get("experiment"), "saar_at_test_time": bool(saar.get("enabled"))})
+                    "experiment": cfg.get("experiment"), "saar_at_test_time": acfg.saar.enabled})
     write_eval_outputs(summary, records, Path(args.out), Path(args.trajectories) if args.trajectories else None)
     keys = ("pass@1", f"pass@{k}", "tool_calls_per_trajectory", "tool_failures_per_trajectory", "response_length")
     print(json.dumps({key: summary.get(key) for key in keys}, indent=2))

@@ -14,16 +14,12 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from cleaner.fsutil import atomic_write
+from cleaner.fsutil import atomic_write, write_text_atomic
 
 __all__ = ["build_report", "merge_eval", "steps_to_reach"]
 
 METRICS = ("pass@1", "tool_failures_per_trajectory", "tool_calls_per_trajectory", "response_length",
            "first_call_failure_rate", "recovered_correct_rate")
-
-
-def _write_atomic(path: Path, write) -> None:
-    atomic_write(path, write, suffix=path.suffix)
 
 
 def merge_eval(paths: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
@@ -34,7 +30,7 @@ def merge_eval(paths: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         splits[p.stem] = json.loads(p.read_text())
     mean = {m: _avg([s.get(m) for s in splits.values()]) for m in METRICS}
     merged = {"splits": splits, "mean": mean}
-    _write_atomic(Path(out), lambda t: Path(t).write_text(json.dumps(merged, indent=2, sort_keys=True)))
+    write_text_atomic(out, json.dumps(merged, indent=2, sort_keys=True))
     return merged
 
 
@@ -110,12 +106,12 @@ def build_report(config: dict[str, Any], results: str | Path, out_dir: str | Pat
             rows.append({"experiment": "sft (start)", "seed": -1, "split": split,
                          **{m: summ.get(m) for m in METRICS}, "pass@k": _passk(summ)})
     df = pd.DataFrame(rows)
-    _write_atomic(out_dir / "final_metrics.csv", lambda t: df.to_csv(t, index=False))
+    atomic_write(out_dir / "final_metrics.csv", lambda t: df.to_csv(t, index=False), suffix=".csv")
     cdf = pd.DataFrame(curves)
     reach = _steps_to_baseline(cdf, baseline=_baseline_name(config)) if not cdf.empty else {}
     md = _markdown(df, reach, config) + _saar_table(cdf)
-    _write_atomic(out_dir / "final_metrics.md", lambda t: Path(t).write_text(md))
-    _write_atomic(out_dir / "training_curves.png", lambda t: _plot(cdf, t))
+    write_text_atomic(out_dir / "final_metrics.md", md)
+    atomic_write(out_dir / "training_curves.png", lambda t: _plot(cdf, t), suffix=".png")
     return {"rows": len(df), "curve_points": len(cdf), "steps_to_baseline": reach}
 
 
@@ -131,17 +127,16 @@ def _baseline_name(config: dict[str, Any]) -> str | None:
     return None
 
 
-def _steps_to_baseline(cdf, *, baseline: str | None, window: int = 5) -> dict[str, Any]:
+def _steps_to_baseline(cdf, *, baseline: str | None, window: int | None = None) -> dict[str, Any]:
     """RL steps each experiment x seed needs to reach the baseline's final accuracy.
 
     Uses the validation Pass@1 curve (SAAR off, paired sampling seeds) when the runs logged one, else the
     training accuracy (which for CLEANER includes its hidden retries, so it is not comparable across arms).
-    Moving average over ``window`` points of the curve."""
+    Moving average over ``window`` points of the curve (default: 2 validation points, or 5 training steps)."""
     metric = "val/pass@1" if "val/pass@1" in cdf and cdf["val/pass@1"].notna().any() else "acc"
     if baseline is None or metric not in cdf:
         return {}
-    if metric == "val/pass@1":
-        window = 2
+    window = window or (2 if metric == "val/pass@1" else 5)
     data = cdf[cdf[metric].notna()]
     finals = []
     for _, g in data[data.experiment == baseline].groupby("seed"):

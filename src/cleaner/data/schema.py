@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cleaner.fsutil import atomic_write
+from cleaner.fsutil import atomic_write, write_text_atomic
 
 ABILITIES = ("math", "code", "science")
 RL_ROW_KEYS = ("data_source", "prompt", "ability", "reward_model", "extra_info", "agent_name")
@@ -188,34 +188,24 @@ def check_bad_fraction(name: str, n_total: int, problems: Sequence[RowProblem], 
         )
 
 
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    atomic_write(path, write, suffix=suffix)
-
-
 def write_parquet_atomic(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write rows (nested dicts/lists) to a parquet file via a temp file + ``os.replace``."""
     if not rows:
         raise DataError(f"refusing to write an empty parquet file: {path}")
     table = pa.Table.from_pylist([dict(r) for r in rows])
     path = Path(path)
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp), ".parquet")
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
     return path
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write a JSON document via a temp file + ``os.replace``."""
-    path = Path(path)
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".json")
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def write_jsonl_atomic(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Write one JSON object per line via a temp file + ``os.replace``."""
-    path = Path(path)
-    text = "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n" for r in rows)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".jsonl")
-    return path
+    return write_text_atomic(path, "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
 def write_rl_parquet(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:

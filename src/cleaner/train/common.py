@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from cleaner.fsutil import write_text_atomic
+
 __all__ = [
     "MetricsLog",
     "latest_checkpoint",
@@ -91,9 +93,7 @@ class MetricsLog:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
         self._fh = open(self.path, "a", buffering=1)
 
     def write(self, row: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ import yaml
 
 from cleaner.config import ConfigError, resolve_experiment, validate_config
 from cleaner.engines.verl import AGENT_NAME, TOOL_NAME, package_file
-from cleaner.fsutil import write_text_atomic
+from cleaner.fsutil import atomic_write, write_text_atomic
 from cleaner.prompts import CODE_INTERPRETER_TOOL
 
 __all__ = [
@@ -509,15 +509,11 @@ def tool_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
-
-
 def write_tool_config(path: str | os.PathLike, resolved: Mapping[str, Any]) -> Path:
     """Write :func:`tool_config` atomically; returns the path."""
     p = Path(path)
     header = f"# verl tool config for {TOOL_NAME} (written by cleaner.engines.verl.overrides)\n"
-    _atomic_write(p, header + yaml.safe_dump(tool_config(resolved), sort_keys=False))
+    write_text_atomic(p, header + yaml.safe_dump(tool_config(resolved), sort_keys=False))
     return p
 
 
@@ -528,7 +524,7 @@ def write_overrides(path: str | os.PathLike, overrides: Iterable[str], *, header
     if bad:
         raise ValueError(f"override contains a newline: {bad[0]!r}")
     p = Path(path)
-    _atomic_write(p, "\n".join(lines) + "\n")
+    write_text_atomic(p, "\n".join(lines) + "\n")
     return p
 
 
@@ -564,9 +560,7 @@ def loop_neutral_copies(files: Sequence[str | os.PathLike] | str, out_dir: Path)
         target = out_dir / Path(f).name
         if "agent_name" in table.column_names:
             table = table.drop_columns(["agent_name"])
-        tmp = target.with_name(f".{target.name}.tmp")
-        pq.write_table(table, str(tmp))
-        os.replace(tmp, target)
+        atomic_write(target, lambda tmp, table=table: pq.write_table(table, tmp), suffix=".parquet")
         out.append(str(target))
     return out
 
