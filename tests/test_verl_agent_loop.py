@@ -13,6 +13,8 @@ the same seeds.
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -211,32 +213,78 @@ async def test_verl_worker_matches_run_agent(tool_model_dir, tmp_path, validate)
         out.meta_info["reward_extra_keys"])
 
 
-async def test_stock_tool_agent_uses_the_same_interpreter(tool_model_dir, tmp_path):
-    """The tools baseline (verl's own ``tool_agent``) runs calls in cleaner.sandbox with the same formatting."""
-    from cleaner.engines.verl.tool import ToolSettings
+class ScriptedServerManager:
+    """verl's ``LLMServerClient`` interface answering with known text instead of sampling a model.
 
-    cfg, cfg_verl = trainer_config(tool_model_dir, tmp_path, "tools_baseline")
-    assert cfg_verl.actor_rollout_ref.rollout.agent.default_agent_loop == "tool_agent"
-    batch, rows = batch_of(QUESTIONS[:3], 1, validate=False)
-    out, gen, tok, _ = await run_worker(cfg_verl, tool_model_dir, batch, with_reward=False)
-    await gen.aclose()
-    settings = ToolSettings(timeout_s=5.0, memory_mb=512, max_tool_response_chars=256)
-    checked = 0
+    Turn 1 of trajectory ``i`` (no ``<tool_response>`` in the prompt yet) is a reasoning line plus a hermes tool call
+    running ``programs[i]``; every later turn is a final answer. Only what the agent loop does with those tokens
+    is under test, so nothing depends on what a tiny model happens to sample.
+    """
+
+    def __init__(self, tok, programs: list[str]):
+        self.tok, self.programs = tok, programs
+        self.eos = tok.convert_tokens_to_ids("<|im_end|>")
+        self.tool_response = tok.convert_tokens_to_ids("<tool_response>")
+        self.requests: list[dict] = []
+
+    def turn_text(self, prompt_ids: list[int]) -> str:
+        if self.tool_response in prompt_ids:
+            return "The interpreter answered, so \\boxed{46}."
+        question = int(re.search(r"Question #(\d+)", self.tok.decode(prompt_ids)).group(1))
+        call = json.dumps({"name": "code_interpreter", "arguments": {"code": self.programs[question]}})
+        return f"Let me run it.\n<tool_call>\n{call}\n</tool_call>"
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+
+        self.requests.append({"request_id": request_id, **sampling_params})
+        ids = self.tok.encode(self.turn_text(list(prompt_ids)), add_special_tokens=False) + [self.eos]
+        return TokenOutput(token_ids=ids, log_probs=[0.0] * len(ids), stop_reason="completed", num_preempted=0,
+                           extra_fields={"global_steps": None})
+
+
+async def test_stock_tool_agent_uses_the_same_interpreter(tool_model_dir, tmp_path):
+    """verl's own ``tool_agent`` (the stock loop, kept as an optional arm) runs each call in cleaner.sandbox and
+    renders the result exactly as our loop does: a success, a traceback and a middle-truncated long output."""
+    from omegaconf import open_dict
+    from transformers import AutoTokenizer
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    from cleaner.engines.verl.tool import ToolSettings
     from cleaner.sandbox import run_python
 
-    for k in range(len(rows)):
+    _, cfg_verl = trainer_config(tool_model_dir, tmp_path, "tools_baseline")
+    with open_dict(cfg_verl):
+        cfg_verl.actor_rollout_ref.rollout.agent.default_agent_loop = "tool_agent"
+    programs = ["x = 12 + 34\nprint(x)", "print(undefined_name)", "print('ab' * 700)"]
+    questions = [f"Question #{i}: run the program." for i in range(len(programs))]
+    batch, rows = batch_of(questions, 1, validate=False)
+    tok = AutoTokenizer.from_pretrained(tool_model_dir)
+    server = ScriptedServerManager(tok, programs)
+    worker = AgentLoopWorker(cfg_verl, server, None, None)
+    try:
+        out = await worker.generate_sequences(batch)
+    finally:
+        for tool in worker.tools:
+            tool.close()
+    settings = ToolSettings(timeout_s=5.0, memory_mb=512, max_tool_response_chars=256)
+    statuses = []
+    for k, (i, _) in enumerate(rows):
         _, response, mask = unpad(out, k)
-        if 0 not in mask:
-            continue
+        assert 0 in mask, f"trajectory {k}: verl's tool_agent never answered the call"
         first_turn = response[: mask.index(0)]
         call = parse_assistant(tok.decode(first_turn)).call
-        if call is None:
-            continue
+        assert call is not None and call.code == programs[i]
         res = run_python(call.code, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb)
+        statuses.append(res.status)
         expected = f"<tool_response>\n{format_exec_result(res, max_chars=settings.max_tool_response_chars)}\n"
-        assert expected in tok.decode(response[mask.index(0):])
-        checked += 1
-    assert checked > 0
+        tool_segment = tok.decode(response[mask.index(0):])
+        assert expected in tool_segment
+        assert "\\boxed{46}" in tok.decode(response)  # the loop went on after the tool answered
+    assert statuses == ["ok", "error", "ok"]
+    assert "46" in format_exec_result(run_python(programs[0], timeout_s=5.0, memory_mb=512), max_chars=256)
+    long_output = format_exec_result(run_python(programs[2], timeout_s=5.0, memory_mb=512), max_chars=256)
+    assert len(long_output) < 400 and "ab" * 50 in long_output  # truncated in the middle, both ends kept
     assert "rollout_log_probs" in out.batch.keys()  # baseline: rollout IS correction needs rollout log-probs
 
 
