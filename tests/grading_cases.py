@@ -61,7 +61,8 @@ def load_cases() -> dict[str, Any]:
 
 def lcb_sample(case: dict[str, Any]) -> dict[str, Any]:
     """LiveCodeBench's evaluation sample for a code case: ``{"input_output": json}`` as its ``run_test`` reads."""
-    io: dict[str, Any] = {"inputs": [t["input"] for t in case["tests"]], "outputs": [t["output"] for t in case["tests"]]}
+    io: dict[str, Any] = {"inputs": [t["input"] for t in case["tests"]],
+                          "outputs": [t["output"] for t in case["tests"]]}
     if case["type"] == "functional":
         io["fn_name"] = case["fn_name"]
     return {"input_output": json.dumps(io)}

@@ -29,7 +29,8 @@ FRAGMENTS = ["\\boxed{", "\\boxed {", "{", "}", "\\{", "\\}", "42", "A", "$", "\
              "```python\n", "```", "\n", "<tool_call>", "</tool_call>", "<tool_response>", "nan", "inf", "\x00",
              "\udcff", "\ud800", "9" * 5000]
 # A response: random unicode (lone surrogates included) interleaved with the grammar's delimiters.
-RESPONSES = st.lists(st.sampled_from(FRAGMENTS) | st.text(st.characters(codec=None), max_size=40), max_size=30).map("".join)
+RESPONSES = st.lists(st.sampled_from(FRAGMENTS) | st.text(st.characters(codec=None), max_size=40),
+                     max_size=30).map("".join)
 
 
 def assert_in_range(result: dict, low: float, high: float) -> None:
@@ -101,7 +102,8 @@ def test_integer_ground_truth_past_the_digit_limit() -> None:
     assert parse_math_ground_truth(big) == ["1" + "0" * 100_000]
     assert int_text(-big).startswith("-1000")
     for grading in ("reference", "lenient"):
-        assert compute_score("math_dapo", "\\boxed{" + int_text(big) + "}", big, grading=grading)["score"] in (-1.0, 1.0)
+        result = compute_score("math_dapo", "\\boxed{" + int_text(big) + "}", big, grading=grading)
+        assert result["score"] in (-1.0, 1.0)
     assert compute_score("math_dapo", "\\boxed{" + int_text(big) + "}", big, grading="lenient")["score"] == 1.0
 
 

@@ -10,11 +10,12 @@ What it follows:
   contains ``class Solution`` (otherwise the module-level function) and compare with ``==`` in the
   solution's process after turning a returned tuple into a list (top level only, as LCB: a list of tuples
   does not equal a list of lists, a ``numpy.int64`` equals an int). Integers may have up to 50,000 digits
-  (LCB's ``sys.set_int_max_str_digits(50000)``, also raised in this process on import). Programs get LCB's import prelude (``from math import *`` ... ``sys.setrecursionlimit
-  (50000)``), ``SystemExit`` in a stdin program is not an error, and each test has a timeout (6 s by
-  default). Per-test result codes are LCB's: ``True`` pass, ``-2`` wrong answer (``False`` for a
-  call-based wrong answer, which LCB stores as the failed comparison), ``-3`` time limit, ``-4``
-  runtime/compile error, ``-5`` test-runner error (our sandbox failing), ``-1`` global timeout.
+  (LCB's ``sys.set_int_max_str_digits(50000)``, also raised in this process on import). Programs get
+  LCB's import prelude (``from math import *`` ... ``sys.setrecursionlimit(50000)``), ``SystemExit`` in a
+  stdin program is not an error, and each test has a timeout (6 s by default). Per-test result codes are
+  LCB's: ``True`` pass, ``-2`` wrong answer (``False`` for a call-based wrong answer, which LCB stores as
+  the failed comparison), ``-3`` time limit, ``-4`` runtime/compile error, ``-5`` test-runner error (our
+  sandbox failing), ``-1`` global timeout.
 * **Skywork-OR1 / CLEANER reference** (``code_math.compute_score``): the solution is the LAST fenced python
   block of the response; the reward is the fraction of tests passed; LeetCode-style rows
   (``import_prefix`` / ``test_code`` / ``entry_point``) run each ``assert`` of ``check(candidate)`` as its
@@ -30,8 +31,9 @@ input (LCB runs all tests of a solution in one process with patched ``sys.stdin`
 function and shares one ``Solution()`` between call-based tests), forked from a pre-started sandbox server;
 the timeout also covers loading LCB's prelude (a few ms); output is capped at 64 MiB (a flood is a wrong
 answer; LCB keeps everything in memory until the timeout); ``early_stop=False`` is the default because the
-RL reward is the fraction of tests passed, which needs every test. With ``early_stop=True`` the judge stops at the first failure like
-LCB; :meth:`CodeJudgement.lcb_results` always gives the LCB-shaped list (truncated after the first failure).
+RL reward is the fraction of tests passed, which needs every test. With ``early_stop=True`` the judge stops at
+the first failure like LCB; :meth:`CodeJudgement.lcb_results` always gives the LCB-shaped list (truncated
+after the first failure).
 """
 
 from __future__ import annotations
