@@ -33,6 +33,11 @@ RESPONSES = st.lists(st.sampled_from(FRAGMENTS) | st.text(st.characters(codec=No
                      max_size=30).map("".join)
 
 
+# Derandomized, no example database: the same examples on every run and nothing written into the checkout.
+PROPERTY_SETTINGS = {"deadline": None, "database": None, "derandomize": True,
+                     "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+
+
 def assert_in_range(result: dict, low: float, high: float) -> None:
     assert isinstance(result["score"], float) and math.isfinite(result["score"]), result["score"]
     assert low <= result["score"] <= high, result["score"]
@@ -40,7 +45,7 @@ def assert_in_range(result: dict, low: float, high: float) -> None:
 
 
 @pytest.mark.parametrize(("source", "truth", "grading", "math_mode"), ANSWER_ROUTES)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, **PROPERTY_SETTINGS)
 @given(response=RESPONSES)
 def test_answer_routes_score_any_string(source, truth, grading, math_mode, response) -> None:
     result = compute_score(source, response, truth, grading=grading, math_mode=math_mode)
@@ -65,7 +70,7 @@ CODE_RESPONSES = st.tuples(RESPONSES, st.sampled_from(CODE_SNIPPETS) | RESPONSES
 @pytest.mark.parametrize("grading", ["reference", "lenient"])
 @pytest.mark.parametrize(("ground_truth", "extra_info"), [(STDIN_GT, None), (CALL_GT, {"fn_name": "f"})],
                          ids=["stdin", "call"])
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, **PROPERTY_SETTINGS)
 @given(response=CODE_RESPONSES)
 def test_code_routes_score_any_string(grading, ground_truth, extra_info, response, sandbox) -> None:
     result = compute_score("livecodebench", response, ground_truth, extra_info, grading=grading,
