@@ -82,6 +82,9 @@ LCB_INT_MAX_STR_DIGITS = 50_000
 makes ``str`` / ``json`` raise ``ValueError`` on a longer integer)."""
 
 Grading = Literal["reference", "lenient"]
+GRADING_MODES: tuple[str, ...] = ("reference", "lenient")
+"""``reference``: the verdicts of the graders behind the paper's numbers (math_dapo, LiveCodeBench);
+``lenient``: normalised answers. See :mod:`cleaner.rewards.scoring` and docs/rewards.md."""
 
 TestMode = Literal["stdin", "call", "check"]
 
@@ -721,8 +724,8 @@ def judge_code(
 
 
 def _check_grading(grading: str) -> None:
-    if grading not in ("reference", "lenient"):
-        raise ValueError(f"unknown grading mode {grading!r}; expected 'reference' or 'lenient'")
+    if grading not in GRADING_MODES:
+        raise ValueError(f"unknown grading mode {grading!r}; expected one of {GRADING_MODES}")
 
 
 def _judge_with(

@@ -32,6 +32,7 @@ from cleaner.rewards.choice import choice_score, parse_choice_ground_truth
 from cleaner.rewards.code import (
     DEFAULT_MEMORY_MB,
     DEFAULT_TIMEOUT_S,
+    GRADING_MODES,
     code_result,
     extract_code_block,
     judge_code,
@@ -41,9 +42,6 @@ from cleaner.rewards.code import (
 from cleaner.rewards.math_reward import MATH_MODES, math_score, reference_math_score
 
 RewardKind = Literal["math", "choice", "code"]
-Grading = Literal["reference", "lenient"]
-GRADING_MODES: tuple[str, ...] = ("reference", "lenient")
-"""``reference``: the authors' / LiveCodeBench's verdicts; ``lenient``: normalised answers (module docstring)."""
 DEFAULT_GRADING = "lenient"
 """Today's behaviour (the testbed's grading); the paper configs set ``reward.grading: reference``."""
 DEFAULT_MATH_MODE = "strict"
