@@ -75,8 +75,9 @@ DEFAULT_TIMEOUT_S = 6.0
 DEFAULT_MEMORY_MB = 4096
 """LiveCodeBench's reliability guard mentions a 4 GB cap; we enforce it through the sandbox."""
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
-"""Output cap per test: a flood stops here (wrong answer). LCB has none; 64 MiB passes every correct output
-of LiveCodeBench (its largest expected outputs are a few MB) with room for an 18 MB answer."""
+"""Output cap per test: a flood stops here (wrong answer). LCB has none; 64 MiB passes the 18 MB correct
+output of the grading cases, which the former 16 MiB cap failed (the sandbox holds up to this much per
+running test in memory)."""
 LCB_INT_MAX_STR_DIGITS = 50_000
 """LCB ``compute_code_generation_metrics.py``: ``sys.set_int_max_str_digits(50000)`` (Python's default 4,300
 makes ``str`` / ``json`` raise ``ValueError`` on a longer integer)."""
