@@ -27,7 +27,7 @@ from cleaner.rewards import (
     reward_kind,
 )
 
-RESULT_KEYS = {"score", "acc", "pred", "passed", "total", "per_test"}
+RESULT_KEYS = {"score", "acc", "pred", "passed", "total", "per_test", "grading"}
 
 
 def boxed(answer: str) -> str:
@@ -203,7 +203,7 @@ def test_every_row_kind_returns_the_same_keys() -> None:
         assert isinstance(result["score"], float) and isinstance(result["per_test"], str)
     assert math_result["passed"] == 1 and math_result["total"] == 1
     assert no_code == {"score": 0.0, "acc": False, "pred": "", "passed": 0, "total": 1,
-                       "per_test": json.dumps([WRONG_ANSWER])}
+                       "per_test": json.dumps([WRONG_ANSWER]), "grading": "lenient"}
 
 
 def test_toolcalc_integer_answers() -> None:

@@ -148,7 +148,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             with tqdm(total=len(rows) * k, desc=f"eval {Path(args.data).stem}", dynamic_ncols=True) as bar:
                 try:
                     return await evaluate_rows(gen, box, fmt, rows, acfg, k=k, seed=int(args.seed or ev.get("seed", 0)),
-                                               progress=bar.update)
+                                               progress=bar.update, grading=cfg["reward"]["grading"])
                 finally:
                     await gen.aclose()
 

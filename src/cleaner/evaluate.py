@@ -34,12 +34,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def score_trajectory(row: dict[str, Any], traj: Trajectory) -> dict[str, Any]:
+def score_trajectory(row: dict[str, Any], traj: Trajectory, grading: str | None = None) -> dict[str, Any]:
+    """The trajectory's reward under ``grading`` (config ``reward.grading``; None: the rewards' default)."""
     from cleaner.rewards import compute_score
 
     res = compute_score(row["data_source"], traj.response_text, row["reward_model"]["ground_truth"],
-                        row.get("extra_info"))
-    return {"score": float(res["score"]), "acc": bool(res["acc"])}
+                        row.get("extra_info"), grading=grading)
+    return {"score": float(res["score"]), "acc": bool(res["acc"]), "grading": res["grading"]}
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -92,6 +93,8 @@ def summarize_records(records: Sequence[dict[str, Any]], *, k: int) -> dict[str,
     if len(sources) > 1:
         summary["by_data_source"] = {src: block([r for r in records if r["data_source"] == src]) for src in sources}
     summary["wall_s_per_problem"] = _mean([sum(r["wall_s"] for r in rs) / len(rs) for rs in by_problem.values()])
+    gradings = sorted({str(r["grading"]) for r in records if r.get("grading")})
+    summary["grading"] = gradings[0] if len(gradings) == 1 else gradings or None  # which grader made the numbers
     return summary
 
 
@@ -113,8 +116,9 @@ async def evaluate_rows(
     seed: int,
     progress: Callable[[int], None] | None = None,
     concurrency: int = 64,
+    grading: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run k samples per row, score them, and return (summary, per-trajectory records)."""
+    """Run k samples per row, score them under ``grading``, and return (summary, per-trajectory records)."""
     if k < 1:
         raise ValueError("k must be >= 1")
     sem = asyncio.Semaphore(concurrency)
@@ -125,7 +129,7 @@ async def evaluate_rows(
             t0 = time.perf_counter()
             traj = await run_agent(gen, sandbox, fmt, row["prompt"], cfg, seed=seed * 1_000_003 + i * 1009 + j)
             wall = time.perf_counter() - t0
-        scored = await asyncio.to_thread(score_trajectory, row, traj)
+        scored = await asyncio.to_thread(score_trajectory, row, traj, grading)
         if progress is not None:
             progress(1)
         return {

@@ -2,7 +2,11 @@
 
 ``compute_score`` is verl's custom-reward function; the pieces are usable on their own:
 
-* :func:`math_score` — +1 / -1 on the last ``\\boxed{}`` (``strict``, the paper) or math-verify (``verify``);
+* :func:`compute_score` grades in one of two named modes (``grading=``, config ``reward.grading``):
+  ``reference`` (the authors' ``math_dapo`` grader and LiveCodeBench's verdicts) or ``lenient``
+  (normalised answers); docs/rewards.md lists where they differ;
+* :func:`reference_math_score` — verl ``math_dapo.compute_score(..., strict_box_verify=True)``, the recipe's;
+* :func:`math_score` — +1 / -1 on the normalised last ``\\boxed{}`` (``strict``) or math-verify (``verify``);
 * :func:`choice_score` — GPQA option letter in the last ``\\boxed{}``;
 * :func:`judge_code` / :func:`judge_code_async` — the LiveCodeBench-semantics judge run in
   ``cleaner.sandbox`` (also used by the LCB evaluation), :func:`code_score` its reward;
@@ -33,16 +37,29 @@ from cleaner.rewards.code import (
 )
 from cleaner.rewards.math_reward import (
     MATH_MODES,
+    int_text,
     last_boxed_content,
     math_score,
     normalize_answer,
     parse_math_ground_truth,
+    reference_last_boxed,
+    reference_math_score,
 )
 from cleaner.rewards.overlong import overlong_penalty
-from cleaner.rewards.scoring import compute_score, compute_score_async, resolve_math_mode, reward_kind
+from cleaner.rewards.scoring import (
+    DEFAULT_GRADING,
+    GRADING_MODES,
+    compute_score,
+    compute_score_async,
+    resolve_grading,
+    resolve_math_mode,
+    reward_kind,
+)
 
 __all__ = [
+    "DEFAULT_GRADING",
     "GLOBAL_TIMEOUT",
+    "GRADING_MODES",
     "LCB_PRELUDE",
     "MATH_MODES",
     "PASS",
@@ -63,6 +80,7 @@ __all__ = [
     "compute_score_async",
     "extract_choice_letter",
     "extract_code_block",
+    "int_text",
     "judge_code",
     "judge_code_async",
     "last_boxed_content",
@@ -72,6 +90,9 @@ __all__ = [
     "parse_choice_ground_truth",
     "parse_math_ground_truth",
     "parse_test_spec",
+    "reference_last_boxed",
+    "reference_math_score",
+    "resolve_grading",
     "resolve_math_mode",
     "reward_kind",
 ]

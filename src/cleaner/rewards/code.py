@@ -7,23 +7,33 @@ What it follows:
   compared again token by token as ``decimal.Decimal`` values ("1.50" == "1.5", no tolerance beyond
   representation). Call-based problems (non-empty ``starter_code``) decode each line of the test input as
   one JSON positional argument and the expected output as JSON, call ``Solution().<fn_name>`` when the code
-  contains ``class Solution`` (otherwise the module-level function) and compare with ``==`` after turning
-  tuples into lists. Programs get LCB's import prelude (``from math import *`` ... ``sys.setrecursionlimit
-  (50000)``), ``SystemExit`` in a stdin program is not an error, and each test has a timeout (6 s by
-  default). Per-test result codes are LCB's: ``True`` pass, ``-2`` wrong answer (``False`` for a
-  call-based wrong answer, which LCB stores as the failed comparison), ``-3`` time limit, ``-4``
-  runtime/compile error, ``-5`` test-runner error (our sandbox failing), ``-1`` global timeout.
+  contains ``class Solution`` (otherwise the module-level function) and compare with ``==`` in the
+  solution's process after turning a returned tuple into a list (top level only, as LCB: a list of tuples
+  does not equal a list of lists, a ``numpy.int64`` equals an int). Integers may have up to 50,000 digits
+  (LCB's ``sys.set_int_max_str_digits(50000)``, also raised in this process on import). Programs get
+  LCB's import prelude (``from math import *`` ... ``sys.setrecursionlimit(50000)``), ``SystemExit`` in a
+  stdin program is not an error, and each test has a timeout (6 s by default). Per-test result codes are
+  LCB's: ``True`` pass, ``-2`` wrong answer (``False`` for a call-based wrong answer, which LCB stores as
+  the failed comparison), ``-3`` time limit, ``-4`` runtime/compile error, ``-5`` test-runner error (our
+  sandbox failing), ``-1`` global timeout.
 * **Skywork-OR1 / CLEANER reference** (``code_math.compute_score``): the solution is the LAST fenced python
   block of the response; the reward is the fraction of tests passed; LeetCode-style rows
   (``import_prefix`` / ``test_code`` / ``entry_point``) run each ``assert`` of ``check(candidate)`` as its
   own test; APPS/TACO call-based rows also accept ``expected == [result]`` (a singleton-wrapped output),
   like verl's ``prime_code`` judge.
 
+Grading (``grading=``): ``reference`` gives LCB's verdicts; ``lenient`` also passes a call-based result that
+equals the expected output after a JSON round trip (nested tuples, ...). The recorded differences from LCB's
+own grader are in docs/rewards.md (``tests/test_grading_reference.py`` checks them).
+
 Deviations (documented, deliberate): every test is a separate sandboxed process whose stdin is the test
-input (LCB runs all tests of a solution in one process with patched ``sys.stdin``), forked from a
-pre-started sandbox server; the timeout also covers loading LCB's prelude (a few ms); ``early_stop=False`` is the default because the RL reward is the fraction of
-tests passed, which needs every test. With ``early_stop=True`` the judge stops at the first failure like
-LCB; :meth:`CodeJudgement.lcb_results` always gives the LCB-shaped list (truncated after the first failure).
+input (LCB runs all tests of a solution in one process with patched ``sys.stdin``, wraps stdin programs in a
+function and shares one ``Solution()`` between call-based tests), forked from a pre-started sandbox server;
+the timeout also covers loading LCB's prelude (a few ms); output is capped at 64 MiB (a flood is a wrong
+answer; LCB keeps everything in memory until the timeout); ``early_stop=False`` is the default because the
+RL reward is the fraction of tests passed, which needs every test. With ``early_stop=True`` the judge stops at
+the first failure like LCB; :meth:`CodeJudgement.lcb_results` always gives the LCB-shaped list (truncated
+after the first failure).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,7 +74,18 @@ DEFAULT_TIMEOUT_S = 6.0
 """LiveCodeBench's default per-test timeout."""
 DEFAULT_MEMORY_MB = 4096
 """LiveCodeBench's reliability guard mentions a 4 GB cap; we enforce it through the sandbox."""
-DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+"""Output cap per test: a flood stops here (wrong answer). LCB has none; 64 MiB passes the 18 MB correct
+output of the grading cases, which the former 16 MiB cap failed (the sandbox holds up to this much per
+running test in memory)."""
+LCB_INT_MAX_STR_DIGITS = 50_000
+"""LCB ``compute_code_generation_metrics.py``: ``sys.set_int_max_str_digits(50000)`` (Python's default 4,300
+makes ``str`` / ``json`` raise ``ValueError`` on a longer integer)."""
+
+Grading = Literal["reference", "lenient"]
+GRADING_MODES: tuple[str, ...] = ("reference", "lenient")
+"""``reference``: the verdicts of the graders behind the paper's numbers (math_dapo, LiveCodeBench);
+``lenient``: normalised answers. See :mod:`cleaner.rewards.scoring` and docs/rewards.md."""
 
 TestMode = Literal["stdin", "call", "check"]
 
@@ -106,6 +128,17 @@ sys.setrecursionlimit(50000)
 """
 """The names LiveCodeBench makes available to every solution (its ``import_string``), so a solution that
 forgets ``import sys`` behaves as under LCB."""
+
+
+def _raise_int_digit_limit() -> None:
+    """Raise (never lower) this process's int-to-str digit limit to LCB's: ground truths and results with
+    up to 50,000-digit integers are parsed and compared as LCB's evaluator does."""
+    current = sys.get_int_max_str_digits()
+    if 0 < current < LCB_INT_MAX_STR_DIGITS:
+        sys.set_int_max_str_digits(LCB_INT_MAX_STR_DIGITS)
+
+
+_raise_int_digit_limit()
 
 
 # ----------------------------------------------------------------------------------------------- specs
@@ -163,7 +196,7 @@ def _load_json(value: Any, what: str) -> Any:
     if isinstance(value, str):
         try:
             return json.loads(value)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, deep nesting
             hint = " (compressed LiveCodeBench private tests must be decoded first)" if value[:1] not in "[{" else ""
             raise ValueError(f"{what} is not valid JSON: {exc}{hint}") from exc
     return value
@@ -192,7 +225,7 @@ def _args_from_lines(text: str, what: str) -> list[Any]:
     """LCB functional input: every line is one JSON-encoded positional argument."""
     try:
         return [json.loads(line) for line in text.split("\n")]
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"{what}: a line is not valid JSON ({exc})") from exc
 
 
@@ -242,7 +275,7 @@ def _parse_io_spec(spec: Mapping[str, Any], *, lcb_semantics: bool) -> TestSpec:
         if isinstance(o, str):
             try:
                 expected = json.loads(o)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 if lcb_semantics:
                     raise ValueError(f"outputs[{k}] of a call-based spec is not valid JSON") from None
         call_cases.append(TestCase(args_json=json.dumps(args), expected=expected))
@@ -425,10 +458,14 @@ def compare_call_output(actual: Any, expected: Any, *, unwrap_singleton_output: 
 
 
 # ----------------------------------------------------------------------------------- test programs
+_SET_DIGITS = f"_cleaner_sys.set_int_max_str_digits({LCB_INT_MAX_STR_DIGITS})\n"
+
+
 def _stdin_program(code: str) -> str:
     """Run the solution as ``__main__`` after LCB's prelude; ``SystemExit`` is a normal end (as in LCB)."""
     return (
         "import sys as _cleaner_sys\n"
+        f"{_SET_DIGITS}"
         f"_cleaner_ns = {{'__name__': '__main__'}}\n"
         f"exec(compile({LCB_PRELUDE!r}, '<prelude>', 'exec'), _cleaner_ns)\n"
         "try:\n"
@@ -439,12 +476,16 @@ def _stdin_program(code: str) -> str:
     )
 
 
-def _call_program(code: str, fn_name: str, args_json: str, marker: str) -> str:
+def _call_program(code: str, fn_name: str, case: TestCase, unwrap_singleton: bool, marker: str) -> str:
     """Load the solution as a module (``__name__`` is not ``__main__``, as in LCB), call the function with
-    the decoded arguments, print ``marker`` + JSON of the result on the real stdout. The solution's own
-    prints are discarded so they can neither corrupt the result line nor hit the output limit."""
+    the decoded arguments and compare the result with the expected output as LCB's ``grade_call_based`` does
+    (a tuple becomes a list, then ``==``; a result whose truth value raises, such as a numpy array, is a
+    runtime error). Prints ``marker`` + ``1`` / ``0`` (equal or not) + JSON of the result (for the lenient
+    comparison) on the real stdout; the solution's own prints are discarded so they can neither corrupt the
+    result line nor hit the output limit."""
     return (
         "import json as _cleaner_json, sys as _cleaner_sys\n"
+        f"{_SET_DIGITS}"
         "class _CleanerSink:\n"
         "    def write(self, s): return len(s)\n"
         "    def flush(self): pass\n"
@@ -458,13 +499,20 @@ def _call_program(code: str, fn_name: str, args_json: str, marker: str) -> str:
         f"    _cleaner_fn = getattr(_cleaner_ns['Solution'](), {fn_name!r})\n"
         "else:\n"
         f"    _cleaner_fn = _cleaner_ns[{fn_name!r}]\n"
-        f"_cleaner_result = _cleaner_fn(*_cleaner_json.loads({args_json!r}))\n"
+        f"_cleaner_result = _cleaner_fn(*_cleaner_json.loads({case.args_json or '[]'!r}))\n"
         "_cleaner_sys.stdout = _cleaner_out\n"
+        "if isinstance(_cleaner_result, tuple):\n"
+        "    _cleaner_result = list(_cleaner_result)\n"
+        f"_cleaner_expected = _cleaner_json.loads({json.dumps(case.expected)!r})\n"
+        "_cleaner_equal = bool(_cleaner_result == _cleaner_expected)\n"
+        f"if not _cleaner_equal and {unwrap_singleton!r} and isinstance(_cleaner_expected, list) "
+        "and len(_cleaner_expected) == 1:\n"
+        "    _cleaner_equal = bool(_cleaner_result == _cleaner_expected[0])\n"
         "try:\n"
         "    _cleaner_payload = _cleaner_json.dumps(_cleaner_result)\n"
-        "except (TypeError, ValueError):\n"
+        "except Exception:\n"
         "    _cleaner_payload = '!unserializable ' + type(_cleaner_result).__name__\n"
-        f"print({marker!r} + _cleaner_payload, flush=True)\n"
+        f"print({marker!r} + ('1 ' if _cleaner_equal else '0 ') + _cleaner_payload, flush=True)\n"
     )
 
 
@@ -472,6 +520,7 @@ def _check_program(code: str, spec: TestSpec, case: TestCase, marker: str) -> st
     """``import_prefix + solution + check + check(entry_point)`` as the reference runs it, plus a final
     marker so a solution that exits early cannot pass."""
     return (
+        f"import sys as _cleaner_sys\n{_SET_DIGITS}"
         f"{spec.import_prefix}\n{code}\n\n{spec.test_preamble}\n{case.check_source}\n\n"
         f"check({spec.entry_point})\nprint({marker!r}, flush=True)\n"
     )
@@ -537,11 +586,12 @@ def _jobs(code: str, spec: TestSpec, marker: str) -> list[_Job]:
         return [_Job(program, c.stdin) for c in spec.cases]
     if spec.mode == "call":
         assert spec.fn_name is not None
-        return [_Job(_call_program(code, spec.fn_name, c.args_json or "[]", marker), None) for c in spec.cases]
+        return [_Job(_call_program(code, spec.fn_name, c, spec.unwrap_singleton_output, marker), None)
+                for c in spec.cases]
     return [_Job(_check_program(code, spec, c, marker), None) for c in spec.cases]
 
 
-def _grade(result: Any, spec: TestSpec, case: TestCase, marker: str) -> tuple[bool | int, str]:
+def _grade(result: Any, spec: TestSpec, case: TestCase, marker: str, grading: str) -> tuple[bool | int, str]:
     """Map one sandbox ``ExecResult`` to an LCB code and a short reason."""
     status = getattr(result, "status", "sandbox_error")
     if status == "timeout":
@@ -566,17 +616,29 @@ def _grade(result: Any, spec: TestSpec, case: TestCase, marker: str) -> tuple[bo
         return RUNTIME_ERROR, "program ended before the test finished"
     if spec.mode == "check":
         return PASS, ""
-    payload = lines[-1][len(marker) :]
+    equal, _, payload = lines[-1][len(marker) :].partition(" ")
+    if equal == "1" or (grading == "lenient" and _lenient_call_match(payload, spec, case)):
+        return PASS, ""
     # LCB stores a call-based wrong answer as the comparison result ``False`` (error_code -2 in metadata).
+    return False, f"wrong answer: {payload[:80]} != {_short_json(case.expected)}"
+
+
+def _lenient_call_match(payload: str, spec: TestSpec, case: TestCase) -> bool:
+    """Lenient grading: the result, after a JSON round trip, equals the expected output."""
     if payload.startswith("!unserializable"):
-        return False, f"wrong answer: result is not JSON-serialisable ({payload.split(' ', 1)[-1]})"
+        return False
     try:
         actual = json.loads(payload)
-    except json.JSONDecodeError:
-        return False, "wrong answer: result line is not JSON"
-    if compare_call_output(actual, case.expected, unwrap_singleton_output=spec.unwrap_singleton_output):
-        return PASS, ""
-    return False, f"wrong answer: {payload[:80]} != {json.dumps(case.expected)[:80]}"
+    except (ValueError, RecursionError):  # not JSON, an integer over the digit limit, deep nesting
+        return False
+    return compare_call_output(actual, case.expected, unwrap_singleton_output=spec.unwrap_singleton_output)
+
+
+def _short_json(value: Any) -> str:
+    try:
+        return json.dumps(value)[:80]
+    except (ValueError, RecursionError):
+        return type(value).__name__
 
 
 def _precheck(code: str | None, spec: TestSpec) -> CodeJudgement | None:
@@ -639,6 +701,7 @@ def judge_code(
     early_stop: bool = False,
     workers: int | None = None,
     sandbox: Any | None = None,
+    grading: Grading = "lenient",
 ) -> CodeJudgement:
     """Judge ``code`` against ``spec`` in the sandbox (synchronous; no event loop needed).
 
@@ -646,7 +709,9 @@ def judge_code(
     ``sandbox.run_sync`` (a long-lived ``cleaner.sandbox.Sandbox`` pool, the fast path for training) or,
     without one, a pool started for this call. Up to ``workers`` tests (default: CPU count) run at once,
     unless ``early_stop``, which runs them in order and stops at the first failure like LiveCodeBench.
+    ``grading`` is ``reference`` (LCB's verdicts) or ``lenient`` (module docstring).
     """
+    _check_grading(grading)
     early = _precheck(code, spec)
     if early is not None:
         return early
@@ -655,8 +720,13 @@ def judge_code(
     n_workers = _test_workers(len(spec.cases), workers, early_stop)
     if sandbox is None:
         with _temporary_sandbox(n_workers) as box:
-            return _judge_with(box.run_sync, code, spec, kwargs, n_workers, early_stop)
-    return _judge_with(sandbox.run_sync, code, spec, kwargs, n_workers, early_stop)
+            return _judge_with(box.run_sync, code, spec, kwargs, n_workers, early_stop, grading)
+    return _judge_with(sandbox.run_sync, code, spec, kwargs, n_workers, early_stop, grading)
+
+
+def _check_grading(grading: str) -> None:
+    if grading not in GRADING_MODES:
+        raise ValueError(f"unknown grading mode {grading!r}; expected one of {GRADING_MODES}")
 
 
 def _judge_with(
@@ -666,13 +736,14 @@ def _judge_with(
     kwargs: dict[str, Any],
     n_workers: int,
     early_stop: bool,
+    grading: str,
 ) -> CodeJudgement:
     marker = f"__cleaner_result_{secrets.token_hex(8)}__"
     jobs = _jobs(code, spec, marker)
 
     def one(index: int) -> tuple[bool | int, str, float]:
         result = run(jobs[index].program, stdin=jobs[index].stdin, **kwargs)
-        status, reason = _grade(result, spec, spec.cases[index], marker)
+        status, reason = _grade(result, spec, spec.cases[index], marker, grading)
         return status, reason, float(result.duration_s or 0.0)
 
     if early_stop or n_workers == 1:
@@ -696,9 +767,11 @@ async def judge_code_async(
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     early_stop: bool = False,
     workers: int | None = None,
+    grading: Grading = "lenient",
 ) -> CodeJudgement:
     """Async :func:`judge_code`: tests go through ``await sandbox.run(...)`` (the pool bounds the
     concurrency) or, without ``sandbox``, a pool of ``workers`` servers started for this call."""
+    _check_grading(grading)
     early = _precheck(code, spec)
     if early is not None:
         return early
@@ -707,19 +780,19 @@ async def judge_code_async(
     if sandbox is None:
         n_workers = _test_workers(len(spec.cases), workers, early_stop)
         async with _temporary_sandbox(n_workers) as box:
-            return await _judge_with_async(box, code, spec, kwargs, early_stop)
-    return await _judge_with_async(sandbox, code, spec, kwargs, early_stop)
+            return await _judge_with_async(box, code, spec, kwargs, early_stop, grading)
+    return await _judge_with_async(sandbox, code, spec, kwargs, early_stop, grading)
 
 
 async def _judge_with_async(
-    sandbox: Any, code: str, spec: TestSpec, kwargs: dict[str, Any], early_stop: bool
+    sandbox: Any, code: str, spec: TestSpec, kwargs: dict[str, Any], early_stop: bool, grading: str
 ) -> CodeJudgement:
     marker = f"__cleaner_result_{secrets.token_hex(8)}__"
     jobs = _jobs(code, spec, marker)
 
     async def one(index: int) -> tuple[bool | int, str, float]:
         result = await sandbox.run(jobs[index].program, stdin=jobs[index].stdin, **kwargs)
-        status, reason = _grade(result, spec, spec.cases[index], marker)
+        status, reason = _grade(result, spec, spec.cases[index], marker, grading)
         return status, reason, float(result.duration_s or 0.0)
 
     if early_stop:
@@ -732,8 +805,9 @@ async def _judge_with_async(
     return _finish(code, spec, list(await asyncio.gather(*(one(i) for i in range(len(jobs))))))
 
 
-def code_result(judgement: CodeJudgement) -> dict[str, Any]:
-    """verl reward dict for a code row: ``score`` = fraction passed (the paper), ``acc`` = all passed."""
+def code_result(judgement: CodeJudgement, grading: str = "lenient") -> dict[str, Any]:
+    """verl reward dict for a code row: ``score`` = fraction passed (the paper), ``acc`` = all passed,
+    ``grading`` = the mode that judged it."""
     return {
         "score": float(judgement.fraction),
         "acc": judgement.all_passed,
@@ -741,6 +815,7 @@ def code_result(judgement: CodeJudgement) -> dict[str, Any]:
         "passed": judgement.passed,
         "total": judgement.total,
         "per_test": json.dumps(list(judgement.per_test)),
+        "grading": grading,
     }
 
 
@@ -753,7 +828,8 @@ def code_score(
     """Extract the last python block of ``solution_str``, judge it against the parsed ground truth, and
     return the verl reward dict (see :func:`code_result`). ``judge_kwargs`` go to :func:`judge_code`."""
     spec = parse_test_spec(ground_truth, extra_info)
-    return code_result(judge_code(extract_code_block(solution_str), spec, **judge_kwargs))
+    judgement = judge_code(extract_code_block(solution_str), spec, **judge_kwargs)
+    return code_result(judgement, judge_kwargs.get("grading", "lenient"))
 
 
 async def code_score_async(
@@ -764,7 +840,8 @@ async def code_score_async(
 ) -> dict[str, Any]:
     """Async :func:`code_score`; ``judge_kwargs`` go to :func:`judge_code_async` (e.g. ``sandbox=``)."""
     spec = parse_test_spec(ground_truth, extra_info)
-    return code_result(await judge_code_async(extract_code_block(solution_str), spec, **judge_kwargs))
+    judgement = await judge_code_async(extract_code_block(solution_str), spec, **judge_kwargs)
+    return code_result(judgement, judge_kwargs.get("grading", "lenient"))
 
 
 __all__: Sequence[str] = (

@@ -1,13 +1,19 @@
-"""Math outcome reward: the paper's strict last-``\\boxed{}`` match, or math-verify equivalence.
+"""Math outcome reward: the authors' grader (``reference``), a light normalisation, or math-verify equivalence.
 
 CLEANER (arXiv 2601.15141, training recipe) rewards math with +1 / -1 on an exact match of the last
-``\\boxed{}`` against the ground truth. The reference implementation calls verl's
-``math_dapo.compute_score(..., strict_box_verify=True)``: it keeps the last 100 characters of the response,
-takes the last ``\\boxed{...}`` (brace-balanced) and compares the raw content with the ground truth string.
-Our ``strict`` mode follows that rule with two documented deviations: the whole response is searched
-(a long boxed answer is not cut off by the 100-character window) and both sides get a light normalisation
-(whitespace, ``$``, a trailing ``.``, a whole-answer ``\\text{}`` wrapper, thousands separators, LaTeX thin
-spaces), so "1,000" matches "1000" but ``\\dfrac12`` does not match ``\\frac{1}{2}``.
+``\\boxed{}`` against the ground truth. The reference implementation (Open-AgentRL
+``recipe/demystify/reward.py``) calls verl's ``math_dapo.compute_score(..., strict_box_verify=True)``: it keeps
+the last 300 characters of the response, of those the last 100, takes the last ``\\boxed{`` (``str.rfind``),
+balances braces from there (``\\{`` counts as a brace) and compares the raw content with the ground-truth
+string; no box (or an unclosed last one) is -1. :func:`reference_math_score` is that grader, character for
+character (``tests/test_grading_reference.py`` runs it against verl's own function on every test run).
+
+The ``lenient`` grading (:func:`math_score`) differs from it on purpose, for lm-eval-style reporting: the
+whole response is searched (a box followed by more than 100 characters still counts), the last *complete*
+box wins (an unclosed trailing ``\\boxed{`` falls back to the previous one; escaped braces do not count;
+``\\boxed {x}`` is a box), and both sides get a light normalisation (whitespace, ``$``, a trailing ``.``, a
+whole-answer ``\\text{}`` wrapper, thousands separators, LaTeX thin spaces), so "1,000" matches "1000" but
+``\\dfrac12`` does not match ``\\frac{1}{2}``. docs/rewards.md lists the cases where the two disagree.
 
 ``verify`` mode uses HuggingFace math-verify (``parse`` + ``verify``) on the last boxed answer, after a
 cheap strict comparison. math-verify guards its parsing with ``signal.alarm``, which only works in the main
@@ -26,7 +32,13 @@ from typing import Any
 from cleaner.protocol import extract_boxed
 
 MATH_MODES = ("strict", "verify")
-"""Reward modes for math rows: ``strict`` (the paper's exact last-boxed match) and ``verify``."""
+"""Lenient-grading modes for math rows: ``strict`` (normalised last-boxed match) and ``verify`` (math-verify)."""
+
+REFERENCE_TAIL_CHARS = 300
+"""``math_dapo.compute_score`` keeps only the last 300 characters of the response."""
+REFERENCE_BOX_WINDOW_CHARS = 100
+"""``math_dapo.is_correct_strict_box`` then looks for the box in the last 100 of those."""
+_REFERENCE_BOX_OPEN = "\\boxed{"
 
 _VERIFY_TIMEOUT_S = 5
 _MAX_VERIFY_ANSWER_CHARS = 1000
@@ -46,6 +58,64 @@ def last_boxed_content(text: str) -> str | None:
     if not isinstance(text, str):
         return None
     return extract_boxed(text)
+
+
+def reference_last_boxed(text: str) -> str | None:
+    """verl ``math_dapo.last_boxed_only_string`` + ``remove_boxed``: the content after the LAST ``\\boxed{``,
+    up to the brace that balances it (every ``{`` / ``}`` counts, escaped or not); None when there is no
+    ``\\boxed{`` or the last one is never closed."""
+    start = text.rfind(_REFERENCE_BOX_OPEN)
+    if start < 0:
+        return None
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + len(_REFERENCE_BOX_OPEN) : i]
+    return None
+
+
+def _reference_ground_truths(ground_truth: Any) -> list[str]:
+    """The ground truth as the reference compares it: a string untouched (no strip, no JSON unwrapping);
+    other shapes (an int, a numpy scalar, a list of answers) become strings, any of which may match."""
+    if hasattr(ground_truth, "tolist") and not isinstance(ground_truth, str):
+        ground_truth = ground_truth.tolist()
+    if isinstance(ground_truth, str):
+        return [ground_truth]
+    if isinstance(ground_truth, int) and not isinstance(ground_truth, bool):
+        return [int_text(ground_truth)]
+    return parse_math_ground_truth(ground_truth)
+
+
+def reference_math_score(solution_str: str, ground_truth: Any) -> dict[str, Any]:
+    """The authors' math grader: verl ``math_dapo.compute_score(solution_str, ground_truth,
+    strict_box_verify=True)`` (last 300 characters, last 100 of those, last ``\\boxed{``, raw content ``==``
+    ground truth), +1 / -1. ``pred`` is the raw box content, ``""`` where verl gives None (as the recipe's
+    reward wrapper does). Differs only where verl would raise: a non-string response scores -1, and a
+    non-string ground truth is turned into strings first (see :func:`_reference_ground_truths`)."""
+    answers = _reference_ground_truths(ground_truth)
+    text = solution_str if isinstance(solution_str, str) else ""
+    window = text[-REFERENCE_TAIL_CHARS:][-REFERENCE_BOX_WINDOW_CHARS:]
+    pred = reference_last_boxed(window)
+    correct = pred is not None and pred in answers
+    return {"score": 1.0 if correct else -1.0, "acc": correct, "pred": pred or ""}
+
+
+def int_text(value: int) -> str:
+    """``str(value)`` without Python's int-to-str digit limit (``sys.set_int_max_str_digits``), which
+    makes ``str`` raise ``ValueError`` for integers of more than 4,300 digits by default."""
+    try:
+        return str(value)
+    except ValueError:
+        chunk = 10**1000
+        digits, rest = [], abs(value)
+        while rest:
+            rest, part = divmod(rest, chunk)
+            digits.append(str(part).zfill(1000))
+        return ("-" if value < 0 else "") + "".join(reversed(digits)).lstrip("0")
 
 
 def normalize_answer(answer: str) -> str:
@@ -87,7 +157,9 @@ def parse_math_ground_truth(ground_truth: Any) -> list[str]:
         ground_truth = ground_truth.tolist()  # numpy scalars / arrays from a verl batch
     if isinstance(ground_truth, bool) or ground_truth is None:
         raise ValueError(f"math ground truth must be a string, number or list, got {ground_truth!r}")
-    if isinstance(ground_truth, (int, float)):
+    if isinstance(ground_truth, int):
+        return [int_text(ground_truth)]
+    if isinstance(ground_truth, float):
         return [str(ground_truth)]
     if isinstance(ground_truth, str):
         text = ground_truth.strip()

@@ -44,6 +44,7 @@ def records_from_generations(lines: list[dict[str, Any]]) -> list[dict[str, Any]
             "problem": pid, "sample": sample, "data_source": entry.get("data_source", "unknown"),
             "ground_truth": entry.get("gts"), "acc": bool(acc if acc is not None else float(entry["score"]) > 0),
             "score": float(entry["score"]), "stats": stats, "response_text": entry.get("output", ""), "wall_s": 0.0,
+            "grading": entry.get("grading"),  # written by cleaner.engines.verl.reward (reward.grading)
         })
     return records
 

@@ -4,8 +4,8 @@ CLEANER.md recipe: outcome reward +1/-1 (maths: the last ``\\boxed{}``; code: fr
 DAPO's overlong penalty (buffer 4096). verl wires this as
 
 - ``reward.custom_reward_function = {path: pkg://cleaner.engines.verl.reward, name: compute_score}``:
-  :func:`compute_score` awaits :func:`cleaner.rewards.compute_score_async` (``reward_kwargs``: ``math_mode``,
-  ``code_timeout_s``, ...);
+  :func:`compute_score` awaits :func:`cleaner.rewards.compute_score_async` (``reward_kwargs``: ``grading`` =
+  config ``reward.grading``, ``math_mode``, ``code_timeout_s``, ...);
 - ``reward.reward_manager = {source: importlib, name: CleanerRewardManager, module.path:
   pkg://cleaner.engines.verl.reward}``: verl's own ``DAPORewardManager`` (the overlong penalty, configured by
   ``reward.reward_kwargs.overlong_buffer_cfg`` / ``max_resp_len``) which first copies the agent loop's statistics
@@ -15,7 +15,12 @@ DAPO's overlong penalty (buffer 4096). verl wires this as
 the reward dicts into the batch's reward extra info, logs them per data source for validation
 (``val-aux/<source>/cleaner/<name>/mean@k``) and writes them with the rollouts to ``trainer.rollout_data_dir``.
 Every row carries the same keys (0 when the agent loop is verl's stock ``tool_agent``), so batches never turn
-ragged.
+ragged; the string key ``grading`` (the mode that scored the row) reaches the dumped generations, so
+``cleaner verl eval-summary`` can say which grader produced each number (verl's metrics skip string keys).
+
+With ``grading: reference`` a math or GPQA row gets the verdict of the authors' ``recipe/demystify/reward.py``
+grader (verl ``math_dapo.compute_score(..., strict_box_verify=True)``); that recipe also lifts a wrong answer's
+-1 by 0.1 per tool call (capped at -0.6), a shaping the paper does not describe and we do not apply.
 """
 
 from __future__ import annotations
@@ -61,9 +66,10 @@ async def compute_score(
 ) -> dict[str, Any]:
     """verl ``custom_reward_function``: :func:`cleaner.rewards.compute_score_async` + the trajectory statistics.
 
-    ``reward_kwargs`` are ``reward.custom_reward_function.reward_kwargs`` (``math_mode``, ``code_timeout_s``,
-    ``code_memory_mb``, ``code_early_stop``, ``code_workers``) and what verl's reward loop adds
-    (``reward_router_address``, ``reward_model_tokenizer``).
+    ``reward_kwargs`` are ``reward.custom_reward_function.reward_kwargs`` (``grading``, ``math_mode``,
+    ``code_timeout_s``, ``code_memory_mb``, ``code_early_stop``, ``code_workers``) and what verl's reward loop
+    adds (``reward_router_address``, ``reward_model_tokenizer``). Without ``grading`` the rewards' default
+    (``lenient``) applies.
     """
     result = await compute_score_async(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
     return {**result, **stats_from_extra_info(extra_info)}
