@@ -41,7 +41,7 @@ def tiny_report(tmp_path_factory) -> dict:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "train step 0" in proc.stdout and "logprob fused_chunked" in proc.stdout  # the summary table
+    assert "train step 0" in proc.stdout and "full vs fused: max" in proc.stdout  # the summary table
     return json.loads((out / "h200_check.json").read_text())
 
 
@@ -174,9 +174,11 @@ def test_policy_loss_copy_matches_verl_vanilla_dual_clip():
 # -- the shapes ----------------------------------------------------------------------------------------------------
 def test_qwen3_4b_shapes_give_the_published_parameter_count():
     """Qwen3-4B(-Instruct-2507): 4.0B parameters, 3.6B without the (tied) embedding (its model card)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
+    config = h200.qwen3_config(h200.QWEN3_4B)
+    assert config.rope_parameters["rope_theta"] == 5_000_000.0 and config.max_position_embeddings == 262144
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(Qwen3Config(**h200.QWEN3_4B))
+        model = Qwen3ForCausalLM(config)
     total = sum(p.numel() for p in model.parameters())
     embedding = model.model.embed_tokens.weight.numel()
     assert model.lm_head.weight is model.model.embed_tokens.weight
@@ -203,3 +205,73 @@ def test_recipe_budgets_are_what_the_paper_config_gives_verl():
 def test_cli_refuses_token_counts_that_do_not_split_into_sequences():
     with pytest.raises(SystemExit, match="multiple of --logprob-seqs"):
         h200.settings_from_args(h200.parse_args(["--device", "cpu", "--tiny", "--logprob-tokens", "601"]))
+
+
+# -- the bookkeeping that only a GPU exercises for real --------------------------------------------------------------
+class FakeCudaMemory:
+    """Counters that act like the CUDA caching allocator's: one global peak, reset by reset_peak."""
+
+    def __init__(self):
+        self.allocated = self.peak_allocated = 0
+
+    def alloc(self, size: int) -> None:
+        self.allocated += size
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+
+    def free(self, size: int) -> None:
+        self.allocated -= size
+
+    def sync(self, device) -> None:
+        pass
+
+    def current(self, device):
+        return self.allocated, self.allocated
+
+    def peak(self, device):
+        return self.peak_allocated, self.peak_allocated
+
+    def reset_peak(self, device) -> None:
+        self.peak_allocated = self.allocated
+
+
+def test_nested_spans_keep_the_peak_their_children_reset(monkeypatch):
+    memory = FakeCudaMemory()
+    monkeypatch.setattr(h200, "CUDA_MEMORY", memory)
+    cuda, gib = torch.device("cuda"), 2**30
+    outer, first, second = {}, {}, {}
+    with h200.measured(cuda, outer):
+        memory.alloc(10 * gib)
+        memory.free(6 * gib)  # 10 GiB reached before any child span
+        with h200.measured(cuda, first):
+            memory.alloc(3 * gib)
+            memory.free(3 * gib)
+        with h200.measured(cuda, second):
+            memory.alloc(1 * gib)
+    assert first["peak_allocated_gib"] == 7.0 and second["peak_allocated_gib"] == 5.0
+    assert outer["peak_allocated_gib"] == 10.0
+    assert h200._open_spans == []
+
+
+def test_an_out_of_memory_step_is_a_finding_and_the_run_goes_on(monkeypatch):
+    memory = FakeCudaMemory()
+    monkeypatch.setattr(h200, "CUDA_MEMORY", memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+
+    def entropy_of_full_logits():
+        memory.alloc(120 * 2**30)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 52.16 GiB.\nmore detail")
+
+    record = h200.guarded("eager entropy", h200.Budget(60), 1, torch.device("cuda"), entropy_of_full_logits)
+    assert record["status"] == "oom" and record["error"] == "CUDA out of memory. Tried to allocate 52.16 GiB."
+    assert record["peak_allocated_gib"] == 120.0
+    report = {"phases": {"logprob": {"variants": {"full_logits_eager_entropy": record}}}}
+    assert h200.findings(report) == ["logprob full_logits_eager_entropy: oom: " + record["error"]]
+
+
+def test_the_time_budget_skips_or_stops_a_step():
+    import time
+    budget = h200.Budget(1.0)
+    skipped = h200.guarded("train step", budget, 30, torch.device("cpu"), lambda: {})
+    assert skipped["status"] == "skipped" and "needs ~30 s" in skipped["reason"]
+    stopped = h200.guarded("train step", budget, 0, torch.device("cpu"), lambda: time.sleep(5) or {})
+    assert stopped["status"] == "timeout" and stopped["seconds"] < 4

@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import json
 import math
 import os
@@ -245,9 +246,28 @@ class Budget:
 
 
 # -- memory and time ----------------------------------------------------------------------------------------------
+class CudaMemory:
+    """The CUDA caching allocator's counters, in one place (tests swap in a fake to check the span bookkeeping)."""
+
+    def sync(self, device: torch.device) -> None:
+        torch.cuda.synchronize(device)
+
+    def current(self, device: torch.device) -> tuple[int, int]:
+        return torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+
+    def peak(self, device: torch.device) -> tuple[int, int]:
+        return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+
+    def reset_peak(self, device: torch.device) -> None:
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+CUDA_MEMORY = CudaMemory()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        CUDA_MEMORY.sync(device)
 
 
 def _gib(value: int) -> float:
@@ -257,30 +277,53 @@ def _gib(value: int) -> float:
 def memory_now(device: torch.device) -> dict[str, float | None]:
     if device.type != "cuda":
         return {"allocated_gib": None, "reserved_gib": None}
-    return {"allocated_gib": _gib(torch.cuda.memory_allocated(device)),
-            "reserved_gib": _gib(torch.cuda.memory_reserved(device))}
+    allocated, reserved = CUDA_MEMORY.current(device)
+    return {"allocated_gib": _gib(allocated), "reserved_gib": _gib(reserved)}
+
+
+# Spans being measured, outermost first: each holds the highest (allocated, reserved) seen inside it so far.
+_open_spans: list[list[int]] = []
+
+
+def _fold_peaks(device: torch.device) -> None:
+    """Carry the allocator's peaks since its last reset into every open span, then reset them for the next span.
+
+    The allocator has one peak counter, so a nested span's reset would otherwise wipe what its parents saw.
+    """
+    allocated, reserved = CUDA_MEMORY.peak(device)
+    for span in _open_spans:
+        span[0], span[1] = max(span[0], allocated), max(span[1], reserved)
+    CUDA_MEMORY.reset_peak(device)
 
 
 @contextlib.contextmanager
 def measured(device: torch.device, record: dict[str, Any], tokens: int | None = None) -> Iterator[dict[str, Any]]:
     """Fill ``record`` with seconds, peak allocated/reserved GiB (CUDA) and tokens/s of the enclosed work."""
+    cuda = device.type == "cuda"
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if cuda:
+        _fold_peaks(device)
+    span = list(CUDA_MEMORY.current(device)) if cuda else [0, 0]
+    _open_spans.append(span)
     start = time.perf_counter()
     try:
         yield record
     finally:
         _sync(device)
         seconds = time.perf_counter() - start
+        if cuda:
+            _fold_peaks(device)
+        _open_spans.pop()
         record["seconds"] = round(seconds, 3)
         if tokens:
             record["tokens_per_s"] = round(tokens / seconds, 1) if seconds > 0 else None
-        if device.type == "cuda":
-            record["peak_allocated_gib"] = _gib(torch.cuda.max_memory_allocated(device))
-            record["peak_reserved_gib"] = _gib(torch.cuda.max_memory_reserved(device))
-        else:
-            record["peak_allocated_gib"] = record["peak_reserved_gib"] = None
+        record["peak_allocated_gib"] = _gib(span[0]) if cuda else None
+        record["peak_reserved_gib"] = _gib(span[1]) if cuda else None
+
+
+def _reached(span: dict[str, Any]) -> dict[str, Any]:
+    return {"seconds": span.get("seconds"), "peak_allocated_gib": span.get("peak_allocated_gib"),
+            "peak_reserved_gib": span.get("peak_reserved_gib")}
 
 
 def _free_memory(device: torch.device) -> None:
@@ -295,16 +338,17 @@ def guarded(name: str, budget: Budget, need_s: float, device: torch.device,
     if budget.remaining() < need_s:
         return {"status": "skipped", "reason": f"time budget: {budget.remaining():.0f} s left, {name} needs ~{need_s:.0f} s"}
     record: dict[str, Any]
+    span: dict[str, Any] = {}  # the whole step, so an out-of-memory still says how far it got
     try:
-        with budget.guard():
+        with budget.guard(), measured(device, span):
             record = step()
         record["status"] = "ok"
     except torch.OutOfMemoryError as err:
-        record = {"status": "oom", "error": str(err).splitlines()[0][:400], **memory_now(device)}
+        record = {"status": "oom", "error": str(err).splitlines()[0][:400], **_reached(span)}
     except BudgetExceeded as err:
-        record = {"status": "timeout", "error": str(err)}
+        record = {"status": "timeout", "error": str(err), **_reached(span)}
     except Exception as err:  # noqa: BLE001 -- any failure of one step is a finding, the next step still runs
-        record = {"status": "error", "error": f"{type(err).__name__}: {err}"[:600],
+        record = {"status": "error", "error": f"{type(err).__name__}: {err}"[:600], **_reached(span),
                   "traceback": traceback.format_exc(limit=6)[-2000:]}
     _free_memory(device)
     return record
@@ -337,6 +381,8 @@ def init_distributed(device: torch.device, workdir: Path):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     store = workdir / "dist_store"
     store.unlink(missing_ok=True)
     dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
@@ -349,11 +395,24 @@ def pick_attention(requested: str, device: torch.device) -> str:
     return "flash_attention_2" if device.type == "cuda" and _module_version("flash_attn") else "sdpa"
 
 
+def qwen3_config(shapes: dict[str, Any]):
+    """``Qwen3Config`` of these shapes; rope_theta goes where the installed transformers reads it (5.x:
+    ``rope_parameters``; 4.x: ``rope_theta``)."""
+    from transformers import Qwen3Config
+    fields = dict(shapes)
+    theta = fields.pop("rope_theta")
+    if "rope_parameters" in inspect.signature(Qwen3Config.__init__).parameters:
+        fields["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    else:
+        fields["rope_theta"] = theta
+    return Qwen3Config(**fields)
+
+
 def build_model(shapes: dict[str, Any], settings: Settings, device: torch.device, mesh):
     """Random-weight ``Qwen3ForCausalLM`` in fp32 (verl's training ``model_dtype``), sharded as ``apply_fsdp2``."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    config = Qwen3Config(**shapes)
+    from transformers import Qwen3ForCausalLM
+    config = qwen3_config(shapes)
     config._attn_implementation = settings.attn_implementation
     torch.manual_seed(settings.seed)
     with torch.device(device):
@@ -473,6 +532,7 @@ def train_step(model, optimizer, scaler, settings: Settings, device: torch.devic
             record.update(_optimizer_step(model, optimizer, scaler))
         with measured(device, sub.setdefault("offload", {})):
             offload(model, optimizer, settings, device)
+    record["compute_tokens_per_s"] = _compute_rate(settings.train_tokens, sub, ("forward", "backward"))
     record["loss"] = float(loss.detach())
     record["weights_changed"] = bool((model.model.norm.weight.to_local().detach().cpu() - watched).abs().max() > 0)
     return record
@@ -517,6 +577,10 @@ def full_logits_pass(model, settings: Settings, device: torch.device, entropy_fn
             load(model, None, settings, device)
         model.eval()
         with autocast(device, settings):
+            if entropy_fn is not entropy_from_logits:  # compiled: compile once on a small input, as verl's first step
+                with measured(device, sub.setdefault("entropy_compile_warmup", {})):
+                    entropy_fn(torch.randn(17, model.config.vocab_size, device=device,
+                                           dtype=getattr(torch, settings.dtype)))
             with measured(device, sub.setdefault("forward", {}), tokens=tokens):
                 logits = model(input_ids=input_ids, use_cache=False).logits.flatten(0, 1)
             record["logits_gib"] = _gib(logits.numel() * logits.element_size())
@@ -529,6 +593,7 @@ def full_logits_pass(model, settings: Settings, device: torch.device, entropy_fn
         del logits
         with measured(device, sub.setdefault("offload", {})):
             offload(model, None, settings, device)
+    record["compute_tokens_per_s"] = _compute_rate(tokens, sub, ("forward", "entropy", "log_probs"))
     return record, outputs
 
 
@@ -571,7 +636,14 @@ def fused_pass(model, settings: Settings, device: torch.device) -> tuple[dict[st
         outputs = {"log_probs": log_probs.flatten().float().cpu(), "entropy": entropy.flatten().float().cpu()}
         with measured(device, sub.setdefault("offload", {})):
             offload(model, None, settings, device)
+    record["compute_tokens_per_s"] = _compute_rate(tokens, sub, ("forward_log_probs_entropy",))
     return record, outputs
+
+
+def _compute_rate(tokens: int, substeps: dict[str, dict], names: tuple[str, ...]) -> float | None:
+    """Tokens/s of the compute alone (no weight copies, no one-off compile)."""
+    seconds = sum(substeps[name]["seconds"] for name in names if name in substeps)
+    return round(tokens / seconds, 1) if seconds > 0 else None
 
 
 def agreement(full: dict[str, torch.Tensor], fused: dict[str, torch.Tensor], dtype: str) -> dict[str, Any]:
@@ -614,6 +686,9 @@ def run_logprob_phase(model, settings: Settings, device: torch.device, budget: B
                 lambda: full_logits_pass(model, settings, device, entropy_from_logits, with_logprobs=False))
     if "full_logits" in outputs and "fused_chunked" in outputs:
         phase["agreement"] = agreement(outputs["full_logits"], outputs["fused_chunked"], settings.dtype)
+    if "full_logits" in outputs and "full_logits_eager_entropy" in outputs:
+        diff = outputs["full_logits"]["entropy"] - outputs["full_logits_eager_entropy"]["entropy"]
+        phase["entropy_compiled_vs_eager_max_abs_diff"] = float(diff.abs().max())
     statuses = [v["status"] for v in variants.values()]
     phase["status"] = "ok" if all(s == "ok" for s in statuses) else "partial"
 
@@ -649,6 +724,10 @@ def findings(report: dict) -> list[str]:
     for record in train.get("steps", []):
         if record["status"] != "ok":
             lines.append(f"train step {record.get('step', '?')}: {record['status']}: {record.get('error', record.get('reason', ''))}")
+    for name in ("distributed", "build"):
+        record = report["phases"].get(name)
+        if record and record["status"] != "ok":
+            lines.append(f"{name}: {record['status']}: {record.get('error', record.get('reason', ''))}")
     for name, record in report["phases"].get("logprob", {}).get("variants", {}).items():
         if record["status"] != "ok":
             lines.append(f"logprob {name}: {record['status']}: {record.get('error', record.get('reason', ''))}")
@@ -658,20 +737,43 @@ def findings(report: dict) -> list[str]:
     return lines
 
 
+def headline(report: dict) -> dict[str, Any]:
+    """The figures docs/gpu.md asks for, in one place: peak GiB and seconds of each way and of the train step."""
+    variants = report["phases"].get("logprob", {}).get("variants", {})
+    steps = [s for s in report["phases"].get("train", {}).get("steps", []) if s["status"] == "ok"]
+    keys = ("status", "seconds", "compute_tokens_per_s", "peak_allocated_gib", "peak_reserved_gib")
+    out: dict[str, Any] = {f"logprob_{name}": {k: r.get(k) for k in keys} for name, r in variants.items()}
+    if steps:
+        last = steps[-1]
+        out["train_step"] = {k: last.get(k) for k in ("seconds", "compute_tokens_per_s", "peak_allocated_gib",
+                                                      "peak_reserved_gib", "resident_gib")}
+    return out
+
+
 def _print_record(name: str, record: dict[str, Any]) -> None:
-    keys = ("status", "seconds", "tokens_per_s", "peak_allocated_gib", "peak_reserved_gib", "resident_gib",
-            "error", "reason")
+    keys = ("status", "seconds", "tokens_per_s", "compute_tokens_per_s", "peak_allocated_gib", "peak_reserved_gib",
+            "resident_gib", "logits_gib", "error", "reason")
     shown = ", ".join(f"{k}={record[k]}" for k in keys if record.get(k) is not None)
     print(f"[{name}] {shown}", flush=True)
 
 
 def _summary_table(report: dict) -> str:
-    rows = ["phase                          status   seconds  tokens/s     peak alloc GiB  peak reserved GiB"]
-    entries = [(f"train step {r.get('step', i)}", r) for i, r in enumerate(report["phases"].get("train", {}).get("steps", []))]
-    entries += [(f"logprob {n}", r) for n, r in report["phases"].get("logprob", {}).get("variants", {}).items()]
+    """The last lines of the output (the device reply keeps only its tail)."""
+    phases = report["phases"]
+    entries = [("build", phases["build"])] if "build" in phases else []
+    entries += [(f"logprob {n}", r) for n, r in phases.get("logprob", {}).get("variants", {}).items()]
+    entries += [(f"train step {r.get('step', i)}", r) for i, r in enumerate(phases.get("train", {}).get("steps", []))]
+    rows = [f"{'phase':34s} {'status':8s} {'seconds':>8s} {'compute tok/s':>13s} {'peak alloc GiB':>14s} "
+            f"{'peak rsvd GiB':>13s} {'resident GiB':>12s}"]
     for name, r in entries:
-        rows.append(f"{name:30s} {r['status']:8s} {_fmt(r.get('seconds')):>8s} {_fmt(r.get('tokens_per_s')):>9s} "
-                    f"{_fmt(r.get('peak_allocated_gib')):>17s} {_fmt(r.get('peak_reserved_gib')):>18s}")
+        rows.append(f"{name:34s} {r['status']:8s} {_fmt(r.get('seconds')):>8s} {_fmt(r.get('compute_tokens_per_s')):>13s} "
+                    f"{_fmt(r.get('peak_allocated_gib')):>14s} {_fmt(r.get('peak_reserved_gib')):>13s} "
+                    f"{_fmt(r.get('resident_gib')):>12s}")
+    agree = phases.get("logprob", {}).get("agreement")
+    if agree:
+        rows.append(f"full vs fused: max |d log-prob| {agree['log_probs_max_abs_diff']:.2e}, max |d entropy| "
+                    f"{agree['entropy_max_abs_diff']:.2e} (tolerance {agree['tolerance']}): "
+                    f"{'agree' if agree['agree'] else 'DISAGREE'}")
     return "\n".join(rows)
 
 
@@ -733,9 +835,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from_args(args)
-    device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if settings.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
+    # an indexed device: torch.cuda.set_device refuses a bare "cuda"
+    device = torch.device("cuda", 0) if settings.device == "cuda" else torch.device("cpu")
     budget = Budget(settings.budget_s)
     out_path = Path(args.out) / "h200_check.json"
     report: dict[str, Any] = {"schema": SCHEMA, "argv": sys.argv[1:] if argv is None else argv,
@@ -745,15 +848,23 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         report["elapsed_s"] = round(budget.elapsed(), 1)
         report["findings"] = findings(report)
+        report["headline"] = headline(report)
         write_json(out_path, report)
 
     with tempfile.TemporaryDirectory() as workdir:
-        mesh = init_distributed(device, Path(workdir))
-        try:
-            run_phases(settings, device, mesh, budget, report, save)
-        finally:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+        holder: dict[str, Any] = {}
+
+        def start() -> dict[str, Any]:
+            holder["mesh"] = init_distributed(device, Path(workdir))
+            return {"backend": "nccl" if device.type == "cuda" else "gloo", "world_size": 1}
+
+        report["phases"]["distributed"] = guarded("distributed", budget, 0, device, start)
+        if "mesh" in holder:
+            try:
+                run_phases(settings, device, holder["mesh"], budget, report, save)
+            finally:
+                import torch.distributed as dist
+                dist.destroy_process_group()
     save()
     print(_summary_table(report), flush=True)
     for line in report["findings"]:
@@ -780,10 +891,11 @@ def run_phases(settings: Settings, device: torch.device, mesh, budget: Budget, r
     save()
     if "model" not in holder:
         return
+    # The log-prob pass first: it is what issue 10's failure 8 asks about, and it needs no optimizer state.
     with attention_backends(device):  # around backward too: checkpointed layers recompute their forward there
+        run_logprob_phase(holder["model"], settings, device, budget, report, save)
         run_train_phase(holder["model"], holder["optimizer"], holder["scaler"], settings, device, budget, report,
                         save)
-        run_logprob_phase(holder["model"], settings, device, budget, report, save)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then   # wheels carried for packages the machi
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not available"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # as verl trains
 timeout -k 10 390 python3 scripts/device/h200_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/h200_check.log"
 exit "${PIPESTATUS[0]}"
