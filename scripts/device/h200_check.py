@@ -1,4 +1,4 @@
-"""One-GPU check of the paper config's actor memory and speed: Qwen3-4B shapes, random weights, no verl, no network.
+r"""One-GPU check of the paper config's actor memory and speed: Qwen3-4B shapes, random weights, no verl, no network.
 
 What it runs (config/paper-qwen3-4b.yaml through src/cleaner/engines/verl/overrides.py; verl 0.9.1's FSDP engine,
 ``verl/workers/engine/fsdp/transformer_impl.py``):
@@ -13,20 +13,20 @@ What it runs (config/paper-qwen3-4b.yaml through src/cleaner/engines/verl/overri
 * ``param_offload`` / ``optimizer_offload`` as the paper config sets them (both on): weights and Adam state live
   on the CPU between calls and move to the GPU for each call, as verl's ``EngineTrainModeCtx`` /
   ``EngineEvalModeCtx`` do (train: weights + grads + optimizer state; log-prob: weights only);
-* phase ``train``: one PPO update on one micro-batch of ``ppo_max_token_len_per_gpu`` = 2,560 + 20,480 = 23,040
-  tokens (one sequence at full length, the worst case of verl's dynamic batching), verl's vanilla clipped policy
-  loss (clip 0.2 / 0.28, dual clip 10, token-mean), ``logprobs_from_logits`` with ``inplace_backward=True``,
-  no entropy (``entropy_coef`` 0);
-* phase ``logprob``: the no-grad old-log-prob pass with entropy over ``log_prob_max_token_len_per_gpu`` =
-  4 x 23,040 = 92,160 tokens (4 full-length sequences), computed two ways:
+* phase ``logprob`` (run first: it is issue 10's failure 8): the no-grad old-log-prob pass with entropy over
+  ``log_prob_max_token_len_per_gpu`` = 4 x 23,040 = 92,160 tokens (4 full-length sequences), computed two ways:
   ``full_logits``: what verl does without ``use_fused_kernels`` (our config): the model's fp16 logits
   (92,160 x 151,936 x 2 bytes = 28 GB) then ``entropy_from_logits`` (through ``torch.compile``, verl's default
-  ``use_torch_compile=True``) and ``logprobs_from_logits``;
+  ``use_torch_compile=True``; compiled once on a small input first, timed apart) and ``logprobs_from_logits``;
   ``full_logits_eager_entropy``: the same with the uncompiled entropy (``use_torch_compile=False``);
   ``fused_chunked``: what ``use_fused_kernels=True`` does with its default ``impl_backend: torch``: the model's
   forward is replaced (``verl/models/transformers/dense_common.py: forward_with_torch_backend``) and
   ``FusedLinearForPPOFunction`` computes log-prob and entropy 512 tokens at a time from the hidden states and the
-  lm_head weight, so the full logits never exist. The two ways must agree (``agreement`` in the JSON).
+  lm_head weight, so the full logits never exist. The two ways must agree (``agreement`` in the JSON);
+* phase ``train``: one PPO update (two by default, the second timed warm) on one micro-batch of
+  ``ppo_max_token_len_per_gpu`` = 2,560 + 20,480 = 23,040 tokens (one sequence at full length, the worst case of
+  verl's dynamic batching), verl's vanilla clipped policy loss (clip 0.2 / 0.28, dual clip 10, token-mean),
+  ``logprobs_from_logits`` with ``inplace_backward=True``, no entropy (``entropy_coef`` 0).
 
 The verl functions used are copied below (verl is not on the device machine); tests/test_h200_check.py checks each
 copy against verl's own function on the CPU.
@@ -50,13 +50,14 @@ Run (device machine, from the repo root; writes ``$OUT/h200_check.json``, ``./ou
     bash scripts/device/h200_check.sh --quick    # one train step, no eager-entropy variant
 CPU dry run (tiny shapes, gloo; what tests/test_h200_check.py runs):
     python scripts/device/h200_check.py --device cpu --tiny --out /tmp/h200
-Needs torch >= 2.6 (``fully_shard``) and transformers with ``Qwen3Config`` (the device image has torch 2.11 and
-transformers 5.17, so no wheels travel). Were transformers missing there, carry it as wheels (run here, in the
-repo root; ``.whl`` is listed in .git/info/exclude, and h200_check.sh installs what it finds there):
+Needs torch >= 2.6 (``fully_shard``) and transformers with ``Qwen3Config``; the device image has torch 2.11 and
+transformers 5.17 (KINDS.md), so nothing travels. Were transformers missing there, carry our lock's version as
+wheels (run here in the repo root; h200_check.sh installs whatever is in ``.whl``, and ``carry: [".whl"]``):
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl transformers==5.10.4 tokenizers==0.22.2 huggingface_hub==1.3.4 safetensors==0.7.0
+        -d .whl transformers==5.10.4 tokenizers==0.22.2
+(14 MB; tokenizers because transformers 5.10.4 refuses the machine's tokenizers 0.23.2 at import.)
 """
 
 from __future__ import annotations
@@ -336,7 +337,8 @@ def guarded(name: str, budget: Budget, need_s: float, device: torch.device,
             step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run one step; an out-of-memory, an error or the deadline becomes the step's status, not the run's end."""
     if budget.remaining() < need_s:
-        return {"status": "skipped", "reason": f"time budget: {budget.remaining():.0f} s left, {name} needs ~{need_s:.0f} s"}
+        left = budget.remaining()
+        return {"status": "skipped", "reason": f"time budget: {left:.0f} s left, {name} needs ~{need_s:.0f} s"}
     record: dict[str, Any]
     span: dict[str, Any] = {}  # the whole step, so an out-of-memory still says how far it got
     try:
@@ -417,6 +419,7 @@ def build_model(shapes: dict[str, Any], settings: Settings, device: torch.device
     torch.manual_seed(settings.seed)
     with torch.device(device):
         model = Qwen3ForCausalLM(config)
+    random_init(model, config.initializer_range)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     param_dtype = getattr(torch, settings.dtype)
@@ -425,6 +428,17 @@ def build_model(shapes: dict[str, Any], settings: Settings, device: torch.device
         fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=True)
     return model, config
+
+
+@torch.no_grad()
+def random_init(model, std: float) -> None:
+    """Matrices ~ N(0, std), norm weights 1 (what transformers' init draws), set here so that no transformers
+    version can leave a weight uninitialised; the tied embedding is one parameter and drawn once."""
+    for param in model.parameters():
+        if param.dim() >= 2:
+            param.normal_(0.0, std)
+        else:
+            param.fill_(1.0)
 
 
 def model_summary(model, config) -> dict[str, Any]:
@@ -723,18 +737,22 @@ def findings(report: dict) -> list[str]:
     train = report["phases"].get("train", {})
     for record in train.get("steps", []):
         if record["status"] != "ok":
-            lines.append(f"train step {record.get('step', '?')}: {record['status']}: {record.get('error', record.get('reason', ''))}")
+            lines.append(f"train step {record.get('step', '?')}: {record['status']}: {_why(record)}")
     for name in ("distributed", "build"):
         record = report["phases"].get(name)
         if record and record["status"] != "ok":
-            lines.append(f"{name}: {record['status']}: {record.get('error', record.get('reason', ''))}")
+            lines.append(f"{name}: {record['status']}: {_why(record)}")
     for name, record in report["phases"].get("logprob", {}).get("variants", {}).items():
         if record["status"] != "ok":
-            lines.append(f"logprob {name}: {record['status']}: {record.get('error', record.get('reason', ''))}")
+            lines.append(f"logprob {name}: {record['status']}: {_why(record)}")
     agree = report["phases"].get("logprob", {}).get("agreement")
     if agree and not agree["agree"]:
         lines.append(f"full and fused log-prob/entropy disagree beyond {agree['tolerance']}: {agree}")
     return lines
+
+
+def _why(record: dict[str, Any]) -> str:
+    return record.get("error") or record.get("reason") or ""
 
 
 def headline(report: dict) -> dict[str, Any]:
@@ -766,7 +784,8 @@ def _summary_table(report: dict) -> str:
     rows = [f"{'phase':34s} {'status':8s} {'seconds':>8s} {'compute tok/s':>13s} {'peak alloc GiB':>14s} "
             f"{'peak rsvd GiB':>13s} {'resident GiB':>12s}"]
     for name, r in entries:
-        rows.append(f"{name:34s} {r['status']:8s} {_fmt(r.get('seconds')):>8s} {_fmt(r.get('compute_tokens_per_s')):>13s} "
+        rows.append(f"{name:34s} {r['status']:8s} {_fmt(r.get('seconds')):>8s} "
+                    f"{_fmt(r.get('compute_tokens_per_s')):>13s} "
                     f"{_fmt(r.get('peak_allocated_gib')):>14s} {_fmt(r.get('peak_reserved_gib')):>13s} "
                     f"{_fmt(r.get('resident_gib')):>12s}")
     agree = phases.get("logprob", {}).get("agreement")
@@ -794,7 +813,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     train_tokens = args.train_tokens or (180 if tiny else TRAIN_TOKENS)
     logprob_tokens = args.logprob_tokens or (600 if tiny else LOGPROB_SEQS * TRAIN_TOKENS)
     if logprob_tokens % args.logprob_seqs:
-        raise SystemExit(f"--logprob-tokens ({logprob_tokens}) must be a multiple of --logprob-seqs ({args.logprob_seqs})")
+        raise SystemExit(f"--logprob-tokens ({logprob_tokens}) must be a multiple of "
+                         f"--logprob-seqs ({args.logprob_seqs})")
     compile_entropy = {"on": True, "off": False, "auto": device.type == "cuda"}[args.compile_entropy]
     return Settings(
         device=args.device, tiny=tiny, dtype=args.dtype, train_tokens=train_tokens,
