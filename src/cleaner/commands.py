@@ -189,7 +189,7 @@ def _cmd_report_build(args: argparse.Namespace) -> int:
     from cleaner.report import build_report
 
     cfg = _config(args.config)
-    print(json.dumps(build_report(cfg, args.results, args.out_dir), indent=2, default=str))
+    print(json.dumps(build_report(cfg, args.results, args.out_dir, config_path=args.config), indent=2, default=str))
     return 0
 
 
@@ -246,7 +246,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("inputs", nargs="+", help="per-split eval JSON files")
     p.set_defaults(func=_cmd_report_merge)
-    p = reps.add_parser("build", help="final metrics table (CSV + markdown) and training curves")
+    p = reps.add_parser("build", help="final metrics (CSV + markdown), training curves and the html page index.html")
     p.add_argument("--config", required=True)
     p.add_argument("--results", required=True, help="results/<name> directory")
     p.add_argument("--out-dir", required=True)
