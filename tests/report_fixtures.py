@@ -20,22 +20,23 @@ P_CORRECT = {("baseline", "eval"): 0.35, ("cleaner", "eval"): 0.8, ("cleaner", "
 WALL_S = {"eval": 0.5, "eval_saar": 0.8}
 
 
-def synthetic_config(tmp: Path, name: str = "synth") -> tuple[dict[str, Any], Path]:
+def synthetic_config(tmp: Path, name: str = "synth", *, baseline: str = "baseline", split: str = "test",
+                     k: int = K) -> tuple[dict[str, Any], Path]:
     from cleaner.config import load_config
 
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     cfg.update(name=name, seeds=[0, 1, 2])
-    cfg["experiments"] = {"baseline": {}, "cleaner": {"saar": {"enabled": True}}}
-    cfg["eval"]["k"] = K
+    cfg["experiments"] = {baseline: {}, "cleaner": {"saar": {"enabled": True}}}
+    cfg["eval"].update(k=k, splits=[split])
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return load_config(path), path
 
 
-def _records(p_correct: float, rng: random.Random, wall: float, fail_rate: float) -> list[dict[str, Any]]:
+def _records(p_correct: float, rng: random.Random, wall: float, fail_rate: float, k: int) -> list[dict[str, Any]]:
     out = []
     for problem in range(N_PROBLEMS):
-        for sample in range(K):
+        for sample in range(k):
             fails = int(rng.random() < fail_rate)
             out.append({"problem": problem, "sample": sample, "data_source": "toolcalc", "acc": rng.random() < p_correct,
                         "score": 0.0, "wall_s": wall,
@@ -44,7 +45,7 @@ def _records(p_correct: float, rng: random.Random, wall: float, fail_rate: float
     return out
 
 
-def _summary(records: list[dict[str, Any]], mode: str, grading: str | None) -> dict[str, Any]:
+def _summary(records: list[dict[str, Any]], mode: str, grading: str | None, k: int) -> dict[str, Any]:
     from cleaner.evaluate import pass_at_k
 
     by_problem: dict[int, list[bool]] = {}
@@ -52,34 +53,38 @@ def _summary(records: list[dict[str, Any]], mode: str, grading: str | None) -> d
         by_problem.setdefault(r["problem"], []).append(r["acc"])
     n = len(records)
     summ = {"pass@1": sum(sum(v) / len(v) for v in by_problem.values()) / len(by_problem),
-            f"pass@{K}": sum(pass_at_k(len(v), sum(v), K) for v in by_problem.values()) / len(by_problem),
+            f"pass@{k}": sum(pass_at_k(len(v), sum(v), k) for v in by_problem.values()) / len(by_problem),
             "tool_failures_per_trajectory": sum(r["stats"]["tool_failures_after"] for r in records) / n,
             "tool_calls_per_trajectory": sum(r["stats"]["tool_calls_after"] for r in records) / n,
             "response_length": sum(r["stats"]["response_length"] for r in records) / n,
-            "first_call_failure_rate": 0.2, "recovered_correct_rate": 0.5, "k": K,
+            "first_call_failure_rate": 0.2, "recovered_correct_rate": 0.5, "k": k,
             "saar_at_test_time": mode == "eval_saar", "wall_s_per_problem": WALL_S[mode]}
     if grading:
         summ["grading"] = grading
     return summ
 
 
-def write_results(results: Path, *, grading: str | None = "reference", rl_steps: int = 6) -> None:
+def write_results(results: Path, *, grading: str | None = "reference", rl_steps: int = 6, saar_eval: bool = True,
+                  baseline: str = "baseline", split: str = "test", k: int = K) -> None:
     """eval/, eval_saar/ (cleaner only), rl/metrics.jsonl, benchmarks/ and logs/ under ``results``."""
-    for (exp, mode), p in P_CORRECT.items():
+    for (arm, mode), p in P_CORRECT.items():
+        exp = baseline if arm == "baseline" else arm
+        if mode == "eval_saar" and not saar_eval:
+            continue
         for seed in (0, 1, 2):
-            rng = random.Random(f"{exp}:{mode}:{seed}")
-            records = _records(p, rng, WALL_S[mode], 0.1 if exp == "cleaner" else 0.4)
+            rng = random.Random(f"{arm}:{mode}:{seed}")
+            records = _records(p, rng, WALL_S[mode], 0.1 if exp == "cleaner" else 0.4, k)
             d = results / exp / f"seed{seed}" / mode
             d.mkdir(parents=True, exist_ok=True)
-            (d / "test.json").write_text(json.dumps(_summary(records, mode, grading)))
-            (d / "test.trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            (d / f"{split}.json").write_text(json.dumps(_summary(records, mode, grading, k)))
+            (d / f"{split}.trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             if mode == "eval":
                 _write_rl(results / exp / f"seed{seed}" / "rl", exp, seed, rl_steps)
                 _write_job(results, "rl", f"{exp}_seed{seed}", 30.0 + seed)
-                _write_job(results, "eval", f"{exp}_seed{seed}_test", 4.0)
+                _write_job(results, "eval", f"{exp}_seed{seed}_{split}", 4.0)
     (results / "sft" / "eval").mkdir(parents=True, exist_ok=True)
-    sft = _records(0.3, random.Random("sft"), 0.5, 0.4)
-    (results / "sft" / "eval" / "test.json").write_text(json.dumps(_summary(sft, "eval", grading)))
+    sft = _records(0.3, random.Random("sft"), 0.5, 0.4, k)
+    (results / "sft" / "eval" / f"{split}.json").write_text(json.dumps(_summary(sft, "eval", grading, k)))
     _write_job(results, "sft", "sft", 120.0)
 
 

@@ -375,7 +375,7 @@ def _paired_row(df, split: str, arm: str, control: str) -> list[Cell | str]:
     if acc is None:
         return [arm, "0", Cell("n/a", title="no trajectories for a common seed"), "-", "-"]
     verdict = "yes" if acc.excludes_zero() else "no"
-    return [arm, str(acc.n), Cell(_interval_text(acc, True, 1, signed=True), css="pos" if acc.mean > 0 else "neg"),
+    return [arm, str(acc.n), Cell(_interval_text(acc, True, 1, signed=True), css=_sign_css(acc.mean)),
             Cell(_interval_text(fails, False, 3, signed=True)), verdict]
 
 
@@ -439,7 +439,11 @@ def _delta(ours: list[float], published: float | None) -> Cell:
     if not ours or published is None:
         return Cell("-")
     d = 100.0 * sum(ours) / len(ours) - published
-    return Cell(f"{d:+.1f}", css="pos" if d >= 0 else "neg")
+    return Cell(f"{d:+.1f}", css=_sign_css(d))
+
+
+def _sign_css(x: float) -> str:
+    return "pos" if x > 0 else "neg" if x < 0 else ""
 
 
 def steps_table(reach: dict[str, Any]) -> Table | None:
