@@ -54,4 +54,5 @@ rule report:
         cfg=CONFIGFILE,
         res=lambda wildcards, input: str(Path(input.sft_evals[0]).parents[2]),
     shell:
-        "{params.cli} report build --config {params.cfg} --results {params.res} --out-dir $(dirname {output.csv}) > {log} 2>&1"
+        "{params.cli} report build --config {params.cfg} --results {params.res} --out-dir $(dirname {output.csv}) "
+        "> {log} 2>&1"

@@ -29,7 +29,8 @@ METRIC_HEADERS = {"Pass@1 %": ("pass@1", 100.0, 1), "Pass@k %": ("pass@k", 100.0
 def chromium_paths() -> tuple[str, str]:
     """Chromium and chromedriver, or skip (outside CI) / fail (CI=true: .ci/run installs them)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+    debian_driver = Path("/usr/bin/chromedriver")
+    driver = shutil.which("chromedriver") or (str(debian_driver) if debian_driver.exists() else None)
     if browser and driver:
         return browser, driver
     missing = ", ".join(n for n, p in (("chromium", browser), ("chromedriver", driver)) if not p)

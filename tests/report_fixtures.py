@@ -38,8 +38,8 @@ def _records(p_correct: float, rng: random.Random, wall: float, fail_rate: float
     for problem in range(N_PROBLEMS):
         for sample in range(k):
             fails = int(rng.random() < fail_rate)
-            out.append({"problem": problem, "sample": sample, "data_source": "toolcalc", "acc": rng.random() < p_correct,
-                        "score": 0.0, "wall_s": wall,
+            out.append({"problem": problem, "sample": sample, "data_source": "toolcalc",
+                        "acc": rng.random() < p_correct, "score": 0.0, "wall_s": wall,
                         "stats": {"tool_calls_after": 1 + fails, "tool_failures_after": fails,
                                   "tool_failures_before": fails, "response_length": 100 + 10 * fails}})
     return out

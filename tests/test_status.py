@@ -41,7 +41,8 @@ def run(tmp_path) -> Path:
     _touch(log, NOW - 5)
     # A failed eval job and a running SFT rerun (its log is newer than the old benchmark).
     (res / "logs" / "eval" / "probe_seed0_test.log").write_text(
-        "eval test:  50%|█████     | 8/16 [00:04<00:04]\nTraceback (most recent call last):\n  ...\nValueError: bad\n")
+        "eval test:  50%|█████     | 8/16 [00:04<00:04]\n"
+        "Traceback (most recent call last):\n  ...\nValueError: bad\n")
     sft_log = res / "logs" / "sft" / "sft.log"
     sft_log.write_text("Loading weights: 100%|██████████| 291/291 [00:00<00:00]\n"
                        "sft:  45%|████▌     | 9/20 [00:09<00:11,  1.0s/it, loss=4.3]\r"

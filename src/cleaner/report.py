@@ -338,7 +338,8 @@ def metric_tables(df) -> list[Table]:
         for arm in dict.fromkeys(sub.arm):
             g = sub[sub.arm == arm]
             row: list[Cell | str] = [arm, str(len(g))]
-            row += [seed_interval_cell(g[col] if col in g else [], pct, digits) for col, _, pct, digits in TABLE_METRICS]
+            row += [seed_interval_cell(g[col] if col in g else [], pct, digits)
+                    for col, _, pct, digits in TABLE_METRICS]
             if has_grading:
                 row.append(", ".join(sorted({str(x) for x in g["grading"] if isinstance(x, str)})) or "-")
             t.rows.append(row)
@@ -379,7 +380,7 @@ def _paired_row(df, split: str, arm: str, control: str) -> list[Cell | str]:
             Cell(_interval_text(fails, False, 3, signed=True)), verdict]
 
 
-def test_time_saar_table(df) -> Table | None:
+def saar_at_test_time_table(df) -> Table | None:
     """Arms also evaluated with SAAR at test time: Pass@1 and the latency SAAR adds (same seeds, same problems)."""
     saar = df[df["eval"] == "eval_saar"]
     if saar.empty:
@@ -429,7 +430,8 @@ def paper_table(df, config: dict[str, Any], paper: dict[str, Any]) -> Table | No
             g = df[(df.arm == exp) & (df.split == split)]
             ours1 = _clean(g["pass@1"])
             ours16 = _clean(pass_at_k_from_trajectories(p, 16) for p in g["trajectories"] if isinstance(p, str))
-            t.rows.append([split, f"{setting} ({exp})", seed_interval_cell(ours1, True, 1), _num(published["pass@1"], 1),
+            t.rows.append([split, f"{setting} ({exp})", seed_interval_cell(ours1, True, 1),
+                           _num(published["pass@1"], 1),
                            _delta(ours1, published.get("pass@1")), seed_interval_cell(ours16, True, 1),
                            _num(published.get("pass@16"), 1), _delta(ours16, published.get("pass@16"))])
     return t
@@ -453,7 +455,8 @@ def steps_table(reach: dict[str, Any]) -> Table | None:
     t = Table("steps", f"RL steps to reach the baseline's final {what} ({reach['target'] * 100:.1f}%, moving "
               f"average over {reach['window']} points)", ["experiment", "steps per seed"])
     for exp, per_seed in reach["by_experiment"].items():
-        t.rows.append([exp, ", ".join(f"seed{s}: {'not reached' if v is None else v}" for s, v in sorted(per_seed.items()))])
+        cells = ", ".join(f"seed{s}: {'not reached' if v is None else v}" for s, v in sorted(per_seed.items()))
+        t.rows.append([exp, cells])
     return t
 
 
@@ -495,7 +498,8 @@ def _plot(cdf, path: str | io.BytesIO) -> None:
         d = cdf[["experiment", "seed", "step", col]].dropna().copy()
         if not col.startswith("val/"):
             d[col] = d.groupby(["experiment", "seed"])[col].transform(lambda s: s.rolling(5, min_periods=1).mean())
-        sns.lineplot(data=d, x="step", y=col, hue="experiment", errorbar="sd", ax=ax, marker="o" if len(d) < 40 else None)
+        sns.lineplot(data=d, x="step", y=col, hue="experiment", errorbar="sd", ax=ax,
+                     marker="o" if len(d) < 40 else None)  # a few points: show them
         ax.set_title(title)
         ax.set_ylabel("")
     fig.suptitle("RL curves (training panels: 5-step moving average; band = ±1 sd over seeds)")
@@ -517,7 +521,8 @@ def _plot_pass1(df, paper_points: dict[tuple[str, str], float], out: io.BytesIO)
     if data.empty:
         return False
     splits = list(dict.fromkeys(data.split))
-    fig, axes = plt.subplots(1, len(splits), figsize=(max(7.0, 4.6 * len(splits)), max(2.6, 0.9 + 0.45 * data.arm.nunique())), squeeze=False)
+    size = (max(7.0, 4.6 * len(splits)), max(2.6, 0.9 + 0.45 * data.arm.nunique()))
+    fig, axes = plt.subplots(1, len(splits), figsize=size, squeeze=False)
     for ax, split in zip(axes[0], splits):
         sub = data[data.split == split]
         arms = list(dict.fromkeys(sub.arm))
@@ -528,6 +533,9 @@ def _plot_pass1(df, paper_points: dict[tuple[str, str], float], out: io.BytesIO)
             if (arm, split) in paper_points:
                 ax.plot([paper_points[(arm, split)]], [i], "x", color="C3", markersize=9,
                         label="paper" if i == 0 or "paper" not in ax.get_legend_handles_labels()[1] else None)
+        lo, hi = ax.get_xlim()
+        if hi - lo < 2:  # all arms at one value (e.g. 0): show a readable stretch of the percent axis
+            ax.set_xlim(max(0.0, lo - 5), min(100.0, hi + 5))
         ax.set_yticks(range(len(arms)), arms)
         ax.invert_yaxis()
         ax.set_xlabel("Pass@1 %")
@@ -702,7 +710,7 @@ def build_report(config: dict[str, Any], results: str | Path, out_dir: str | Pat
     reach = _steps_to_baseline(cdf, baseline=baseline) if not cdf.empty else {}
     paper = load_paper_results()
     tables = {"metrics": metric_tables(df), "paired": paired_tables(df, baseline),
-              "test_time_saar": [t for t in [test_time_saar_table(df)] if t],
+              "test_time_saar": [t for t in [saar_at_test_time_table(df)] if t],
               "paper": [t for t in [paper_table(df, config, paper)] if t],
               "steps": [t for t in [steps_table(reach)] if t], "saar": [t for t in [saar_table(cdf)] if t]}
     md = f"# Final metrics — {config['name']}\n\nMean [95% CI] over seeds (Student t; none with one seed).\n\n"
@@ -776,11 +784,12 @@ def render_html(config: dict[str, Any], tables: dict[str, list[Table]], figures:
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>CLEANER report: {html.escape(config['name'])}</title><style>{_CSS}</style></head><body>"
         f"<header><h1>CLEANER reproduction: {html.escape(config['name'])}</h1>"
-        f"<p>engine {html.escape(str(config.get('engine')))} · experiments {html.escape(', '.join(config['experiments']))}"
+        f"<p>engine {html.escape(str(config.get('engine')))} · "
+        f"experiments {html.escape(', '.join(config['experiments']))}"
         f" · commit {html.escape(prov['git commit'][:12])} · generated {html.escape(prov['generated'])}</p></header>"
         f"<main><nav>{''.join(nav)}</nav>{no_paper}{''.join(parts)}"
         f'<section id="sec-figures"><h2>Figures</h2>{figs}</section>'
         f'<section id="sec-provenance"><h2>Provenance</h2><dl>{dl}</dl>{nested}{timing.html()}'
-        f"<h3>Configuration (validated, defaults filled in)</h3><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}"
-        "</pre></section></main></body></html>"
+        "<h3>Configuration (validated, defaults filled in)</h3>"
+        f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre></section></main></body></html>"
     )

@@ -10,7 +10,8 @@ rule writes both: the log while it runs, the benchmark when it ends). For each j
   from ``rl/config.json``); verl's console lines (``step:N - key:value - ...``, total from the run's
   ``overrides.txt``); else the last tqdm progress bar in the log (SFT, eval, data);
 - elapsed: the benchmark's wall time when done; else the trainer's own clock (metrics; verl: steps x mean
-  ``timing_s/step``) or tqdm's; estimated time left: the mean of the last 10 step times x the steps left (tqdm's estimate otherwise).
+  ``timing_s/step``) or tqdm's; estimated time left: the mean of the last 10 step times x the steps left
+  (tqdm's estimate otherwise).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ __all__ = ["JobStatus", "collect_status", "format_table", "find_runs"]
 
 ERROR_PATTERNS = re.compile(r"Traceback \(most recent call last\)|\berror\b|\bKilled\b|CANCELLED|DUE TO TIME LIMIT"
                             r"|out of memory", re.I)
-TQDM = re.compile(r"^(?P<desc>[^|\n]*?):?\s*\d+%\|[^|\n]*\| *(\d+)/(\d+) \[(\d+(?::\d+){1,2})<(\d+(?::\d+){1,2}|\?)", re.M)
+# A tqdm bar: "desc:  45%|####      | 9/20 [00:09<00:11, ...]" -> desc, step, total, elapsed, left.
+TQDM = re.compile(r"^(?P<desc>[^|\n]*?):?\s*\d+%\|[^|\n]*\| *(\d+)/(\d+) "
+                  r"\[(\d+(?::\d+){1,2})<(\d+(?::\d+){1,2}|\?)", re.M)
 # Progress bars of libraries (transformers' weight loading and saving, datasets' map): not the job's own.
 LIBRARY_BARS = ("Writing model shards", "Loading", "Fetching", "Downloading", "Map", "Generating", "Saving",
                 "Filter", "Resolving", "Processing")
@@ -60,7 +63,8 @@ def find_runs(path: Path) -> list[Path]:
         return [path]
     runs = sorted(p for p in path.iterdir() if p.is_dir() and ((p / "logs").is_dir() or (p / "benchmarks").is_dir()))
     if not runs:
-        raise FileNotFoundError(f"{path}: no run here (expected results/<name>/logs or benchmarks, or a folder of them)")
+        raise FileNotFoundError(f"{path}: no run here (expected results/<name>/logs or benchmarks, "
+                                "or a folder of them)")
     return runs
 
 
