@@ -9,7 +9,8 @@ if ENGINE == "embedded":
             model=sft_model(),
             data=f"{RES}/data/{{split}}.parquet",
         output:
-            summary=f"{RES}/sft/eval/{{split}}.json",
+            summary=report(f"{RES}/sft/eval/{{split}}.json", caption="report/eval_sft.rst", category="3. Evaluation",
+                           subcategory="sft (start)", labels={"experiment": "sft (start)", "split": "{split}"}),
             trajectories=f"{RES}/sft/eval/{{split}}.trajectories.jsonl",
         log:
             f"{RES}/logs/eval/sft_{{split}}.log",
@@ -35,7 +36,9 @@ if ENGINE == "embedded":
             model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
             data=f"{RES}/data/{{split}}.parquet",
         output:
-            summary=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json",
+            summary=report(f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json", caption="report/eval.rst",
+                           category="3. Evaluation", subcategory="{exp}",
+                           labels={"experiment": "{exp}", "seed": "{seed}", "split": "{split}"}),
             trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.trajectories.jsonl",
         log:
             f"{RES}/logs/eval/{{exp}}_seed{{seed}}_{{split}}.log",
@@ -62,7 +65,8 @@ else:
             model=rl_init_model_input(),
             data=f"{RES}/data/{{split}}.parquet",
         output:
-            summary=f"{RES}/sft/eval/{{split}}.json",
+            summary=report(f"{RES}/sft/eval/{{split}}.json", caption="report/eval_sft.rst", category="3. Evaluation",
+                           subcategory="sft (start)", labels={"experiment": "sft (start)", "split": "{split}"}),
             trajectories=f"{RES}/sft/eval/{{split}}.trajectories.jsonl",
             overrides=f"{RES}/sft/eval/{{split}}_run/overrides.txt",
         log:
@@ -99,7 +103,9 @@ else:
             model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
             data=f"{RES}/data/{{split}}.parquet",
         output:
-            summary=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json",
+            summary=report(f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json", caption="report/eval.rst",
+                           category="3. Evaluation", subcategory="{exp}",
+                           labels={"experiment": "{exp}", "seed": "{seed}", "split": "{split}"}),
             trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.trajectories.jsonl",
             overrides=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}_run/overrides.txt",
         log:

@@ -1,5 +1,6 @@
-# Report: final metrics table (CSV + markdown, mean and spread over seeds), training curves, and (real data)
-# lm-evaluation-harness scores of the no-tool arms.
+# Report: final metrics (CSV + markdown, mean and 95% CI over seeds), training curves, the html page index.html
+# (everything, self-contained) and, with real data, lm-evaluation-harness scores of the no-tool arms.
+# Outputs marked report(...) appear in `snakemake --report report.zip` (captions: rules/report/*.rst).
 
 
 rule lm_eval:
@@ -7,7 +8,8 @@ rule lm_eval:
         model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
         data=expand(f"{RES}/data/lm_eval/{{task}}.jsonl", task=LM_EVAL_TASKS),
     output:
-        f"{RES}/{{exp}}/seed{{seed}}/lm_eval.json",
+        report(f"{RES}/{{exp}}/seed{{seed}}/lm_eval.json", caption="report/lm_eval.rst", category="3. Evaluation",
+               subcategory="lm-evaluation-harness", labels={"experiment": "{exp}", "seed": "{seed}"}),
     log:
         f"{RES}/logs/lm_eval/{{exp}}_seed{{seed}}.log",
     benchmark:
@@ -34,9 +36,10 @@ rule report:
     input:
         **report_inputs(),
     output:
-        csv=f"{RES}/report/final_metrics.csv",
+        csv=report(f"{RES}/report/final_metrics.csv", caption="report/final_metrics.rst", category="1. Report"),
         md=f"{RES}/report/final_metrics.md",
-        fig=f"{RES}/report/training_curves.png",
+        fig=report(f"{RES}/report/training_curves.png", caption="report/training_curves.rst", category="1. Report"),
+        html=report(f"{RES}/report/index.html", caption="report/index.rst", category="1. Report"),
     log:
         f"{RES}/logs/report/report.log",
     benchmark:
@@ -51,4 +54,5 @@ rule report:
         cfg=CONFIGFILE,
         res=lambda wildcards, input: str(Path(input.sft_evals[0]).parents[2]),
     shell:
-        "{params.cli} report build --config {params.cfg} --results {params.res} --out-dir $(dirname {output.csv}) > {log} 2>&1"
+        "{params.cli} report build --config {params.cfg} --results {params.res} --out-dir $(dirname {output.csv}) "
+        "> {log} 2>&1"

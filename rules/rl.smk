@@ -12,7 +12,8 @@ if ENGINE == "embedded":
             val=f"{RES}/data/val.parquet",
         output:
             model=directory(f"{RES}/{{exp}}/seed{{seed}}/rl/final"),
-            summary=f"{RES}/{{exp}}/seed{{seed}}/rl/summary.json",
+            summary=report(f"{RES}/{{exp}}/seed{{seed}}/rl/summary.json", caption="report/rl.rst", category="2. RL",
+                           labels={"experiment": "{exp}", "seed": "{seed}"}),
         log:
             f"{RES}/logs/rl/{{exp}}_seed{{seed}}.log",
         benchmark:
@@ -43,7 +44,8 @@ else:
             val=f"{RES}/data/{eval_splits()[0]}.parquet",
         output:
             model=directory(f"{RES}/{{exp}}/seed{{seed}}/rl/final"),
-            overrides=f"{RES}/{{exp}}/seed{{seed}}/rl/run/overrides.txt",
+            overrides=report(f"{RES}/{{exp}}/seed{{seed}}/rl/run/overrides.txt", caption="report/rl_verl.rst",
+                             category="2. RL", labels={"experiment": "{exp}", "seed": "{seed}"}),
         log:
             f"{RES}/logs/rl/{{exp}}_seed{{seed}}.log",
         benchmark:

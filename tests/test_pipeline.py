@@ -102,10 +102,16 @@ def test_rl_killed_with_sigkill_resumes_from_last_checkpoint(workdir):
     assert json.loads((rl_dir / "summary.json").read_text())["complete"]
 
 
-@pytest.mark.slow
-def test_smoke_pipeline_runs_end_to_end(workdir):
+@pytest.fixture(scope="module")
+def smoke_run(workdir) -> Path:
+    """The whole smoke DAG, run once for this module (after the resume test, which needs it unfinished)."""
     _run(["--cores", "2"], workdir, timeout=1200)
-    res = workdir / "results" / "smoke"
+    return workdir / "results" / "smoke"
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_runs_end_to_end(workdir, smoke_run):
+    res = smoke_run
     table = (res / "report" / "final_metrics.md").read_text()
     for exp in ("baseline", "cleaner", "notool", "resume_probe", "sft (start)"):
         assert f"| {exp} |" in table
@@ -120,3 +126,49 @@ def test_smoke_pipeline_runs_end_to_end(workdir):
     # Nothing left to do: the DAG is complete and up to date.
     again = _run(["-n", "--cores", "2"], workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_smoke_report_page_in_browser(smoke_run):
+    """index.html of the smoke run in headless Chromium: no console errors, figures decoded, the tables' numbers
+    equal final_metrics.csv; the screenshot stays with the run's outputs (report/index.png)."""
+    from report_browser import check_report_page
+
+    report = smoke_run / "report"
+    checked = check_report_page(report, report / "index.png")
+    assert checked["images"] == 2 and checked["tables"] == 1
+    assert checked["cells_checked"] >= 4 * 5  # baseline, cleaner, notool, resume_probe, sft: Pass@1, Pass@k, ...
+    assert "Paired differences to the tools baseline" in checked["text"]
+    assert "Wall time per stage" in checked["text"]
+
+
+@pytest.mark.slow
+def test_snakemake_report_zip(workdir, smoke_run):
+    """`snakemake --report report.zip`: the outputs marked report() with their rendered captions and categories."""
+    import zipfile
+
+    _run(["--report", "report.zip"], workdir, timeout=300)
+    archive = zipfile.ZipFile(workdir / "report.zip")
+    files = [Path(n).name for n in archive.namelist() if "/data/raw/" in n]  # stored under content hashes
+    assert sorted(f for f in files if not f.endswith(".json")) == ["final_metrics.csv", "index.html",
+                                                                   "training_curves.png"]
+    assert files.count("test.json") == 5  # eval: baseline, cleaner, notool, resume_probe, sft (start)
+    assert files.count("summary.json") == 4  # one per RL run
+    page = archive.read("report/report.html").decode()
+    for text in ("1. Report", "2. RL", "3. Evaluation", "self-contained (figures inline)",
+                 'RL run of <tt class=\\"docutils literal\\">cleaner</tt>'):
+        assert text in page, text
+
+
+@pytest.mark.slow
+def test_status_of_the_smoke_run(smoke_run):
+    from cleaner.status import collect_status
+
+    jobs = {(j.stage, j.job): j for j in collect_status(smoke_run)}
+    assert {j.state for j in jobs.values()} == {"done"}
+    for exp, steps in (("baseline", 2), ("cleaner", 2), ("notool", 1), ("resume_probe", 10)):
+        rl = jobs[("rl", f"{exp}_seed0")]
+        assert (rl.step, rl.total) == (steps, steps), rl
+        assert rl.reward is not None and rl.acc is not None and rl.elapsed_s > 0
+    assert (jobs[("sft", "sft")].step, jobs[("sft", "sft")].total) == (20, 20)
+    assert ("report", "report") in jobs and ("eval", "cleaner_seed0_test") in jobs

@@ -189,7 +189,18 @@ def _cmd_report_build(args: argparse.Namespace) -> int:
     from cleaner.report import build_report
 
     cfg = _config(args.config)
-    print(json.dumps(build_report(cfg, args.results, args.out_dir), indent=2, default=str))
+    print(json.dumps(build_report(cfg, args.results, args.out_dir, config_path=args.config), indent=2, default=str))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- status
+def _cmd_status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from cleaner.status import collect_status, format_table
+
+    jobs = collect_status(args.results)
+    print(json.dumps([asdict(j) for j in jobs], indent=2) if args.json else format_table(jobs))
     return 0
 
 
@@ -246,8 +257,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("inputs", nargs="+", help="per-split eval JSON files")
     p.set_defaults(func=_cmd_report_merge)
-    p = reps.add_parser("build", help="final metrics table (CSV + markdown) and training curves")
+    p = reps.add_parser("build", help="final metrics (CSV + markdown), training curves and the html page index.html")
     p.add_argument("--config", required=True)
     p.add_argument("--results", required=True, help="results/<name> directory")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_cmd_report_build)
+
+    p = sub.add_parser("status", help="one table of every job of a run: stage, step/total, reward, accuracy, time left",
+                       description="Where each job of a run stands, read from the files the jobs write "
+                                   "(logs/, benchmarks/, rl/metrics.jsonl); works while the run is going.")
+    p.add_argument("results", nargs="?", default="results",
+                   help="results/<name> (one run) or a folder of runs (default: results)")
+    p.add_argument("--json", action="store_true", help="print the jobs as JSON instead of a table")
+    p.set_defaults(func=_cmd_status)
