@@ -4,7 +4,7 @@
 # envs/eval.lock hash-checked, then this package, editable, from CLEANER_WORKFLOW_DIR (rules/common.smk exports
 # it; else the working directory). LOCK_SHA256 (written by envs/lock.sh) ties the env's hash to the lock.
 set -euo pipefail
-LOCK_SHA256=ee731b67fe55c3223335f9907aad476073e76ffc25d688a6819f65876b141fa1
+LOCK_SHA256=ff610fc445a1ac4d98cef20b3cb9f9d64662eca663baf8481fd2b6a69141d881
 root=${CLEANER_WORKFLOW_DIR:-$PWD}
 if ! grep -qs '^name = "cleaner"' "$root/pyproject.toml"; then
     echo "post-deploy: $root is not the cleaner workflow directory (no pyproject.toml of 'cleaner'); set" \

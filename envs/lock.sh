@@ -14,6 +14,9 @@ stamp() {  # stamp <env> <lock file>
 }
 lock() {  # lock <env> [uv args...]
     local env=$1; shift
+    # uv keeps an existing lock's versions where they still fit; a new lock starts from the CPU env's versions, so
+    # the envs differ only where the GPU pins demand it.
+    [ -f "envs/$env.lock" ] || cp requirements.lock "envs/$env.lock"
     "$UV" pip compile pyproject.toml "envs/$env.in" --generate-hashes --quiet \
         --python-version 3.12 --python-platform x86_64-manylinux_2_34 --index-url https://pypi.org/simple \
         --custom-compile-command "envs/lock.sh" "$@" -o "envs/$env.lock"

@@ -11,7 +11,7 @@
 # LOCK_SHA256 is envs/verl.lock's digest (envs/lock.sh writes it): a new lock changes this script, and with it the
 # env's hash, so Snakemake builds a new env instead of reusing the old one.
 set -euo pipefail
-LOCK_SHA256=3b261e70ac2b40eea8dbe9914695bd7d092520c5bf0721ea45d29273d269ebb4
+LOCK_SHA256=981c0e258447050cfd36a378e40b061c2a8d9e3ee7ba300a7e4918fdecad0d97
 FLASH_ATTN=flash-attn==2.8.3
 WHEELHOUSE=${CLEANER_FLASH_ATTN_INDEX:-https://verl-project.github.io/verl-wheelhouse/simple/}
 root=${CLEANER_WORKFLOW_DIR:-$PWD}

@@ -7,8 +7,8 @@
   check cannot pass by finding the test venv's own install). conda itself is not installed here, so a stand-in on
   PATH answers ``conda --version`` / ``info`` / ``config`` and makes the env a plain venv that sees the test
   venv's packages through a .pth (pip, and the dependencies ``pip check`` looks for); the lock is cut to one
-  package so nothing is downloaded. What stays unchecked: conda-forge solving the yaml (python + pip), and installing the
-  real GPU locks (CUDA wheels, GBs; envs/lock.sh resolved them against PyPI when they were written).
+  package so nothing is downloaded. What stays unchecked: conda-forge solving the yaml (python + pip), and
+  installing the real GPU locks (CUDA wheels, GBs; envs/lock.sh resolved them against PyPI when it wrote them).
 - Pins: one torch / transformers / CUDA across the GPU env, its container and the eval env, verl 0.9.1's own pins
   (its installed METADATA) satisfied by the lock, each post-deploy script tied to its lock's digest.
 """
@@ -138,7 +138,8 @@ CONDA_STAND_IN = textwrap.dedent(
             done
             cp "$file" "$env.created-from"
             "$BASE_PYTHON" -m venv --without-pip "$env"   # pip and the dependencies: the test venv's, via a .pth
-            echo "$TEST_SITE_PACKAGES" > "$("$env/bin/python" -c 'import site; print(site.getsitepackages()[0])')/test.pth"
+            site=$("$env/bin/python" -c 'import site; print(site.getsitepackages()[0])')
+            echo "$TEST_SITE_PACKAGES" > "$site/test.pth"
             ;;
         *) echo "conda stand-in: unsupported: $*" >&2; exit 2 ;;
     esac

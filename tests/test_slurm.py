@@ -248,7 +248,8 @@ def _ray_on_slurm(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProce
     full_env = _env_without_slurm() | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "7",
                                        "RAY": str(bin_dir / "ray"), "RAY_LOG": str(ray_log)} | env
     cmd = [str(SCRIPTS / "ray_on_slurm.sh"), "bash", "-c", 'echo "$RAY_ADDRESS"; exit 4']
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=60)  # a Ray step left running holds stderr open
+    # 60 s: a Ray step left running after the script exits holds stderr open, and this times out.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=60)
     return proc, sorted(ray_log.read_text().splitlines()) if ray_log.exists() else []
 
 
@@ -256,10 +257,11 @@ def test_ray_on_slurm_gives_ray_the_jobs_cpus_and_the_loopback_address(tmp_path)
     proc, starts = _ray_on_slurm(tmp_path, SLURM_CPUS_PER_TASK="12", SLURM_CPUS_ON_NODE="16",
                                  CLEANER_RAY_NODE_IP="127.0.0.2")
     assert proc.returncode == 4 and proc.stdout.strip() == "127.0.0.2:6379", proc.stderr   # the command's own
-    head, worker = (line for line in starts if "--head" in line), (line for line in starts if "--address" in line)
-    head, worker = next(head), next(worker)
+    [head] = [line for line in starts if "--head" in line]
+    [worker] = [line for line in starts if "--address" in line]
     assert "--node-ip-address=127.0.0.2" in head and "--num-cpus=12" in head
-    assert "--address=127.0.0.2:6379" in worker and "--node-ip-address=127.0.0.2" in worker and "--num-cpus=12" in worker
+    assert "--address=127.0.0.2:6379" in worker and "--node-ip-address=127.0.0.2" in worker
+    assert "--num-cpus=12" in worker
 
 
 def test_ray_on_slurm_falls_back_to_the_cpus_on_the_node_and_the_heads_address(tmp_path):
