@@ -94,6 +94,25 @@ def test_gpu_lock_satisfies_verl_0_9_1_pins():
     assert checked >= 10   # torch, torchvision, torchaudio, sglang, transformers, trl, flash-attn, cupy, ...
 
 
+def test_gpu_lock_satisfies_sglang_0_5_12_pins_but_the_two_verl_overrides():
+    """sglang's own requirements (its wheel's METADATA, kept as a fixture): all met on Linux x86-64 except the two
+    verl overrides too (transformers 5.9.0 for sglang's 5.6.0, flash-attn-4 left out)."""
+    verl_lock = _lock_versions(ENVS / "verl.lock")
+    env = {"sys_platform": "linux", "platform_machine": "x86_64", "python_version": "3.12", "extra": ""}
+    unmet = []
+    fixture = Path(__file__).parent / "fixtures" / "envs" / "sglang-0.5.12-requires.txt"
+    for line in fixture.read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        req = Requirement(line)
+        if req.marker and not req.marker.evaluate(env):
+            continue
+        version = verl_lock.get(re.sub(r"[-_.]+", "-", req.name).lower())
+        if version is None or not req.specifier.contains(version, prereleases=True):
+            unmet.append((line, version))
+    assert unmet == [("flash-attn-4>=4.0.0b9", None), ("transformers==5.6.0", "5.9.0")]
+
+
 def test_every_top_level_pin_is_in_its_lock():
     for env in GPU_LOCKS:
         lock = _lock_versions(ENVS / f"{env}.lock")
