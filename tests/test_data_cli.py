@@ -104,3 +104,71 @@ def test_help_and_packaged_config(capsys) -> None:
     assert sum(counts["skywork_math"]["subsets"].values()) == 4901
     assert sum(counts["skywork_code"]["subsets"].values()) == 3455 + 855
     assert counts["megascience"]["count"] == 3000
+
+
+def test_recipe_with_a_local_source_replaces_the_hub_source(tmp_path: Path, capsys) -> None:
+    """What docs/data.md tells an offline user to write: `recipe: paper` plus a local `source: {path: ...}`."""
+    local = str(FIX / "aime_2024.parquet")
+    doc = {"data": {"recipe": "paper", "cache_dir": str(tmp_path / "resources"),
+                    "eval": {"sets": {"aime24": {"source": {"path": local}}}},
+                    "rl_mix": {"sources": {"megascience": {"options": {"max_question_chars": 100}}}}}}
+    path = tmp_path / "offline.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_data_config(path)
+    assert cfg["eval"]["sets"]["aime24"]["source"] == {"path": local}                 # not {hub, split, path}
+    assert cfg["eval"]["sets"]["aime25"]["source"]["hub"] == "math-ai/aime25"          # the recipe's, untouched
+    megascience = cfg["rl_mix"]["sources"]["megascience"]
+    assert megascience["options"] == {"max_question_chars": 100} and megascience["count"] == 3000  # other keys merge
+    assert main(["data", "prepare-eval", "--config", str(path), "--out-dir", str(tmp_path / "eval"),
+                 "--only", "aime24"]) == 0
+    assert len(read_parquet_rows(tmp_path / "eval" / "aime24.parquet")) == 3
+
+
+def test_prepare_eval_failure_keeps_finished_sets_and_says_what_is_left(config: Path, tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "gpqa_broken.csv"
+    lines = (FIX / "gpqa_diamond.csv").read_text().splitlines()
+    broken.write_text("\n".join(lines[:2] + ["only,three,columns"] + lines[2:]) + "\n")
+    doc = yaml.safe_load(config.read_text())
+    doc["data"]["eval"]["sets"]["gpqa_diamond"]["source"] = {"path": str(broken)}
+    config.write_text(yaml.safe_dump(doc))
+    out_dir = tmp_path / "eval"
+    assert main(["data", "prepare-eval", "--config", str(config), "--out-dir", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}: cannot read as csv" in err                                 # the CSV error names the file
+    assert f"Kept (complete): aime24 -> {out_dir / 'aime24.parquet'}, aime25 -> {out_dir / 'aime25.parquet'}" in err
+    assert "Not attempted: livecodebench" in err and "Finish with --only gpqa_diamond,livecodebench" in err
+    assert sorted(p.name for p in out_dir.glob("*.parquet")) == ["aime24.parquet", "aime25.parquet"]
+    assert len(read_parquet_rows(out_dir / "aime25.parquet")) == 3                # kept files are whole
+    report = json.loads((out_dir / "eval_sets.report.json").read_text())
+    assert report["complete"] is False and list(report["sets"]) == ["aime24", "aime25"]
+    assert list(report["failed"]) == ["gpqa_diamond"] and report["not_attempted"] == ["livecodebench"]
+    # The command the message gives finishes the job once the file is fixed.
+    doc["data"]["eval"]["sets"]["gpqa_diamond"]["source"] = {"path": str(FIX / "gpqa_diamond.csv")}
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["data", "prepare-eval", "--config", str(config), "--out-dir", str(out_dir),
+                 "--only", "gpqa_diamond,livecodebench"]) == 0
+    assert len(list(out_dir.glob("*.parquet"))) == 4
+    assert json.loads((out_dir / "eval_sets.report.json").read_text())["complete"] is True
+
+
+def test_prepare_eval_checks_every_entry_before_writing(config: Path, tmp_path: Path, capsys) -> None:
+    doc = yaml.safe_load(config.read_text())
+    doc["data"]["eval"]["sets"]["livecodebench"]["source"] = {"hub": "x/y", "path": "/z"}
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["data", "prepare-eval", "--config", str(config), "--out-dir", str(tmp_path / "eval")]) == 2
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("passes.json", '{"a": 1,', "passes.json: not valid JSON"),
+    ("passes.jsonl", '{"uid": "a", "passes": 1}\n{"uid": "b", passes: 2}\n', "passes.jsonl:2: not valid JSON"),
+])
+def test_corrupt_pass_counts_name_the_file(config: Path, tmp_path: Path, capsys, name, text, where) -> None:
+    rows = tmp_path / "rl.parquet"
+    assert main(["data", "prepare-rl", "--config", str(config), "--out", str(rows)]) == 0
+    counts = tmp_path / name
+    counts.write_text(text)
+    assert main(["data", "filter-difficulty", "--rows", str(rows), "--pass-counts", str(counts),
+                 "--out", str(tmp_path / "kept.parquet")]) == 2
+    assert f"{tmp_path}/{where}" in capsys.readouterr().err
+    assert not (tmp_path / "kept.parquet").exists()

@@ -223,6 +223,91 @@ def test_ray_on_slurm_usage_error():
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
+# -- Ray's CPUs and address under SLURM ---------------------------------------------------------------------
+# Stand-ins for the SLURM CLI and the ray CLI (no SLURM here; the real ones run in e2e.sh): squeue / scontrol
+# describe a 2-node allocation, srun runs its command on this host, `ray start` records its arguments and
+# blocks until ray_on_slurm.sh stops it, `ray status` lists one node per `ray start` so far.
+STAND_INS = {
+    "squeue": 'echo "2 node[1-2]"\n',
+    "scontrol": 'echo node1; echo node2\n',
+    "srun": 'while [ $# -gt 0 ]; do case $1 in -w) shift 2 ;; -*) shift ;; *) break ;; esac; done\nexec "$@"\n',
+    "ray": ('if [ "$1" = status ]; then echo Active:; sed "s/.*/ 1 node_x/" "$RAY_LOG" 2>/dev/null; '
+            'echo Pending:; exit 0; fi\n'     # a node is up once its `ray start` ran
+            'echo "$*" >> "$RAY_LOG"\nexec sleep 300\n'),
+}
+
+
+def _ray_on_slurm(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in STAND_INS.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    ray_log = tmp_path / "ray_starts.log"
+    ray_log.unlink(missing_ok=True)
+    full_env = _env_without_slurm() | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "7",
+                                       "RAY": str(bin_dir / "ray"), "RAY_LOG": str(ray_log)} | env
+    cmd = [str(SCRIPTS / "ray_on_slurm.sh"), "bash", "-c", 'echo "$RAY_ADDRESS"; exit 4']
+    # 60 s: a Ray step left running after the script exits holds stderr open, and this times out.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=60)
+    return proc, sorted(ray_log.read_text().splitlines()) if ray_log.exists() else []
+
+
+def test_ray_on_slurm_gives_ray_the_jobs_cpus_and_the_loopback_address(tmp_path):
+    proc, starts = _ray_on_slurm(tmp_path, SLURM_CPUS_PER_TASK="12", SLURM_CPUS_ON_NODE="16",
+                                 CLEANER_RAY_NODE_IP="127.0.0.2")
+    assert proc.returncode == 4 and proc.stdout.strip() == "127.0.0.2:6379", proc.stderr   # the command's own
+    [head] = [line for line in starts if "--head" in line]
+    [worker] = [line for line in starts if "--address" in line]
+    assert "--node-ip-address=127.0.0.2" in head and "--num-cpus=12" in head
+    assert "--address=127.0.0.2:6379" in worker and "--node-ip-address=127.0.0.2" in worker
+    assert "--num-cpus=12" in worker
+
+
+def test_ray_on_slurm_falls_back_to_the_cpus_on_the_node_and_the_heads_address(tmp_path):
+    proc, starts = _ray_on_slurm(tmp_path, SLURM_CPUS_ON_NODE="16")
+    head_ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
+    assert proc.returncode == 4 and proc.stdout.strip() == f"{head_ip}:6379", proc.stderr
+    assert all("--num-cpus=16" in line for line in starts) and len(starts) == 2
+    assert not any("--node-ip-address" in line for line in starts if "--head" not in line)
+
+
+def test_ray_on_slurm_refuses_an_address_ray_would_rewrite(tmp_path):
+    proc, starts = _ray_on_slurm(tmp_path, CLEANER_RAY_NODE_IP="127.0.0.1")
+    assert proc.returncode == 2 and "use another loopback address such as 127.0.0.2" in proc.stderr
+    assert starts == []
+
+
+@pytest.mark.parametrize("nnodes, expected", [(1, 16), (2, None)])
+def test_single_node_ray_gets_the_jobs_cpus(nnodes, expected, tmp_path, monkeypatch):
+    """verl's main_ppo passes ray_kwargs.ray_init to ray.init (resolved there, in the job): the job's CPUs on one
+    node; on several nodes nothing (ray_on_slurm.sh's `ray start --num-cpus` has set them, and ray.init refuses
+    num_cpus when it joins a cluster)."""
+    from omegaconf import OmegaConf
+
+    from cleaner.engines.verl.overrides import build_ppo_overrides, compose_ppo_config
+
+    cfg = load_config(REPO / "config" / "paper-qwen3-4b.yaml")
+    cfg["verl"]["nnodes"] = nnodes
+    experiment = next(iter(cfg["experiments"]))
+    config = compose_ppo_config(build_ppo_overrides(cfg, experiment, train_files=["/d/train.parquet"],
+                                                    val_files=["/d/val.parquet"], output_dir=tmp_path,
+                                                    model_path="/models/sft"))
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "16")
+
+    def ray_init_num_cpus():   # verl/trainer/main_ppo.py run_ppo, as it builds ray.init's arguments
+        ray_init_kwargs = config.ray_kwargs.get("ray_init", {})
+        return OmegaConf.to_container(OmegaConf.create({**ray_init_kwargs, "runtime_env": {}}))["num_cpus"]
+
+    assert ray_init_num_cpus() == expected
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")
+    assert ray_init_num_cpus() == (12 if expected else None)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    monkeypatch.delenv("SLURM_CPUS_ON_NODE")
+    assert ray_init_num_cpus() is None   # outside SLURM: Ray counts the machine's CPUs, as before
+
+
 @pytest.mark.slurm
 @pytest.mark.timeout(1800)
 def test_real_cluster_end_to_end(tmp_path):

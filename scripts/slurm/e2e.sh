@@ -73,6 +73,8 @@ from pathlib import Path
 for name, nodes in (("ray_1node.json", 1), ("ray_2node.json", 2)):
     info = json.loads(Path(sys.argv[1], name).read_text().strip().splitlines()[-1])
     assert info["nodes"] == nodes and info["resources"].get("GPU") == 4.0 * nodes, (name, info)
+    # gpu-check binds Ray to 127.0.0.2: head and every node on the loopback interface, none on the network
+    assert info["address"].startswith("127.0.0.2:") and info["node_ips"] == ["127.0.0.2"], (name, info)
     print(f"e2e.sh: {name}: Ray at {info['address']}, {info['nodes']} node(s), {info['resources']['GPU']:.0f} GPUs",
           file=sys.stderr)
 EOF

@@ -4,7 +4,9 @@
 #
 #   scripts/slurm/ray_on_slurm.sh [--] COMMAND [ARGS...]
 #
-# On one node (no SLURM job, or a one-node allocation) it runs COMMAND directly: verl starts its own local Ray.
+# On one node (no SLURM job, or a one-node allocation) it runs COMMAND directly: verl starts its own local Ray
+# (with the job's CPUs: `cleaner verl overrides` sets ray_kwargs.ray_init.num_cpus from SLURM_CPUS_PER_TASK /
+# SLURM_CPUS_ON_NODE).
 # On N > 1 nodes it follows verl's multi-node SLURM recipe (docs "Multinode training", examples/slurm/
 # ray_on_slurm.slurm): `ray start --head` on the first node of the allocation and `ray start --address` on
 # the others, each through `srun --overlap` so the steps share the allocation with the job's own step; it
@@ -16,7 +18,13 @@
 #   CLEANER_RAY_PORT              head port (default 6379)
 #   CLEANER_RAY_TIMEOUT_S         how long to wait for all nodes to join (default 300)
 #   CLEANER_RAY_GPUS_PER_NODE     GPUs each node gives Ray (default: the count in CUDA_VISIBLE_DEVICES, else 0)
-#   CLEANER_RAY_CPUS_PER_NODE     CPUs each node gives Ray (default: SLURM_CPUS_ON_NODE, else nproc)
+#   CLEANER_RAY_CPUS_PER_NODE     CPUs each node gives Ray (default: SLURM_CPUS_PER_TASK, else SLURM_CPUS_ON_NODE,
+#                                 else nproc); without a count Ray takes every core of the machine, not the job's
+#   CLEANER_RAY_NODE_IP           the address every Ray node registers with and the head is reached at
+#                                 (default: the head's first `hostname -I` address). A loopback address keeps a
+#                                 cluster whose nodes all run on this one host (CI: scripts/slurm/gpu-check) off
+#                                 the network: 127.0.0.2, not 127.0.0.1 or localhost, which Ray rewrites to the
+#                                 machine's routable address (ray._private.services.resolve_ip_for_localhost)
 #   RAY                           the `ray` CLI (default: `ray` beside COMMAND's interpreter, else on PATH)
 set -euo pipefail
 
@@ -50,6 +58,12 @@ if [[ -z ${RAY:-} ]]; then
         RAY=$(command -v ray) || { log "no ray CLI found (set RAY=/path/to/ray)"; exit 2; }
     fi
 fi
+case ${CLEANER_RAY_NODE_IP:-} in
+    127.0.0.1 | localhost | ::1)
+        log "CLEANER_RAY_NODE_IP=$CLEANER_RAY_NODE_IP: Ray replaces it by the machine's routable address; use" \
+            "another loopback address such as 127.0.0.2"
+        exit 2 ;;
+esac
 port=${CLEANER_RAY_PORT:-6379}
 timeout_s=${CLEANER_RAY_TIMEOUT_S:-300}
 if [[ -n ${CLEANER_RAY_GPUS_PER_NODE:-} ]]; then
@@ -60,10 +74,12 @@ elif [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
 else
     gpus=0
 fi
-cpus=${CLEANER_RAY_CPUS_PER_NODE:-${SLURM_CPUS_ON_NODE:-$(nproc)}}
+cpus=${CLEANER_RAY_CPUS_PER_NODE:-${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-$(nproc)}}}
 
 # srun on the allocation rather than on the current step: drop the step's SLURM_* (node list, task and GPU
 # counts) that would confine the new steps to this one node, as the jobstep executor does for its own srun.
+# Called only in subshells (`$(...)`, `&`), it execs srun: the background job's pid is then srun's own, so the
+# SIGTERM of cleanup() reaches srun (which forwards it to `ray start`), not a subshell that would leave it running.
 job_srun() {
     local unset_args=() var
     for var in $(compgen -e); do
@@ -72,14 +88,16 @@ job_srun() {
             SLURM_* | SRUN_* | SBATCH_*) unset_args+=(-u "$var") ;;
         esac
     done
-    env "${unset_args[@]}" srun --jobid="$SLURM_JOB_ID" --overlap "$@"
+    exec env "${unset_args[@]}" srun --jobid="$SLURM_JOB_ID" --overlap "$@"
 }
 
 mapfile -t hosts < <(scontrol show hostnames "$nodelist")
 head=${hosts[0]}
 # The head's address as the other nodes reach it (first address `hostname -I` lists on the head node).
-head_ip=$(job_srun --nodes=1 --ntasks=1 -w "$head" hostname -I | awk '{print $1}')
+head_ip=${CLEANER_RAY_NODE_IP:-$(job_srun --nodes=1 --ntasks=1 -w "$head" hostname -I | awk '{print $1}')}
 address=$head_ip:$port
+worker_ip=()
+[[ -n ${CLEANER_RAY_NODE_IP:-} ]] && worker_ip=(--node-ip-address="$CLEANER_RAY_NODE_IP")
 
 step_pids=()
 cleanup() {
@@ -103,7 +121,8 @@ job_srun --nodes=1 --ntasks=1 -w "$head" \
 step_pids+=($!)
 if ((nodes > 1)); then
     job_srun --nodes=$((nodes - 1)) --ntasks=$((nodes - 1)) --ntasks-per-node=1 --exclude="$head" \
-        "$RAY" start --address="$address" --num-cpus="$cpus" --num-gpus="$gpus" --disable-usage-stats --block >&2 &
+        "$RAY" start --address="$address" "${worker_ip[@]}" --num-cpus="$cpus" --num-gpus="$gpus" \
+        --disable-usage-stats --block >&2 &
     step_pids+=($!)
 fi
 

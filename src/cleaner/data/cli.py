@@ -9,6 +9,7 @@ of a YAML config (the ``data:`` key when present, else the whole file; the packa
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -55,15 +56,26 @@ def load_data_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     recipe = section.pop("recipe", None)
     if recipe:
         # `recipe: paper` (a packaged recipe) or a path; keys given next to it override the recipe's.
-        from cleaner.config import deep_merge
-
         base_path = Path(recipe) if str(recipe).endswith((".yaml", ".yml")) else (
             default_config_path().with_name(f"{recipe}.yaml"))
         if not base_path.is_file():
             raise DataError(f"{cfg_path}: data.recipe {recipe!r} not found ({base_path})")
         base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
-        section = deep_merge(base.get("data", base), section)
+        section = merge_recipe(base.get("data", base), section)
     return section
+
+
+def merge_recipe(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` merged into the recipe ``base`` key by key, except that a ``source`` replaces the recipe's
+    whole: a source is one origin (``hub`` with its ``config`` / ``split`` / ``files``, or ``path``), so a local
+    ``{path: ...}`` given for an offline copy must not inherit the recipe's ``{hub, split}``."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if key != "source" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_recipe(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def _section(cfg: Mapping[str, Any], key: str, config_path: str | None) -> Mapping[str, Any]:
@@ -92,6 +104,13 @@ def cmd_prepare_rl(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_eval(args: argparse.Namespace) -> int:
+    """Write each requested eval set (and its raw lm-eval copy) in turn, every file atomically.
+
+    Every set's entry is checked before anything is written. When a set then fails (download, parse, schema),
+    the sets already written are complete and stay (nothing computed is thrown away); the report records them
+    with ``"complete": false``, the failure and the sets not attempted, and the error names all three and the
+    ``--only`` that finishes the job.
+    """
     cfg = load_data_config(args.config)
     section = _section(cfg, "eval", args.config)
     sets = _section(section, "sets", args.config)
@@ -99,32 +118,58 @@ def cmd_prepare_eval(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in sets]
     if unknown:
         raise DataError(f"eval set(s) {unknown} not in the config (known: {sorted(sets)})")
-    max_bad = float(section.get("max_bad_fraction", 0.0) if args.max_bad_fraction is None else args.max_bad_fraction)
-    cache_dir = _cache_dir(args, cfg)
-    out_dir = Path(args.out_dir)
-    report: dict[str, Any] = {"sets": {}}
     for name in names:
-        entry = sets[name]
-        loader_name = entry.get("loader", name)
-        if loader_name not in EVAL_LOADERS:
-            raise DataError(f"eval set {name!r}: unknown loader {loader_name!r} (known: {sorted(EVAL_LOADERS)})")
-        if "source" not in entry:
-            raise DataError(f"eval set {name!r}: missing 'source'")
-        loaded = EVAL_LOADERS[loader_name](
-            entry["source"], cache_dir=cache_dir, agent_name=args.agent_name or "tool_agent",
-            max_bad_fraction=max_bad, **dict(entry.get("options") or {}),
-        )
-        path = write_rl_parquet(loaded.rows, out_dir / f"{name}.parquet")
-        report["sets"][name] = {"output": str(path), "rows": len(loaded.rows), **loaded.summary()}
-        if args.raw_dir and loader_name in RAW_FOR_LM_EVAL:
-            spec = SourceSpec.parse(entry["source"])
-            table = read_table(spec, cache_dir=cache_dir, gated=loader_name == "gpqa_diamond" and spec.hub is not None)
-            raw_file = Path(args.raw_dir) / f"{RAW_FOR_LM_EVAL[loader_name]}.jsonl"
-            raw_path = write_jsonl_atomic(table.to_pylist(), raw_file)
-            report["sets"][name]["raw_for_lm_eval"] = str(raw_path)
-        print(f"{name}: {len(loaded.rows)} rows -> {path}")
-    write_json_atomic(report, args.report or out_dir / "eval_sets.report.json")
+        _check_eval_entry(name, sets[name])
+    max_bad = float(section.get("max_bad_fraction", 0.0) if args.max_bad_fraction is None else args.max_bad_fraction)
+    out_dir = Path(args.out_dir)
+    report_path = Path(args.report or out_dir / "eval_sets.report.json")
+    report: dict[str, Any] = {"complete": False, "sets": {}}
+    for i, name in enumerate(names):
+        try:
+            report["sets"][name] = _prepare_eval_set(name, sets[name], args, cache_dir=_cache_dir(args, cfg),
+                                                     max_bad=max_bad, out_dir=out_dir)
+        except Exception as exc:
+            report.update(failed={name: f"{type(exc).__name__}: {exc}"}, not_attempted=names[i + 1:])
+            write_json_atomic(report, report_path)
+            raise DataError(_partial_eval_message(report, name, exc, report_path)) from exc
+    report["complete"] = True
+    write_json_atomic(report, report_path)
     return 0
+
+
+def _check_eval_entry(name: str, entry: Mapping[str, Any]) -> None:
+    loader_name = entry.get("loader", name)
+    if loader_name not in EVAL_LOADERS:
+        raise DataError(f"eval set {name!r}: unknown loader {loader_name!r} (known: {sorted(EVAL_LOADERS)})")
+    if "source" not in entry:
+        raise DataError(f"eval set {name!r}: missing 'source'")
+    SourceSpec.parse(entry["source"])
+
+
+def _prepare_eval_set(name: str, entry: Mapping[str, Any], args: argparse.Namespace, *, cache_dir: str,
+                      max_bad: float, out_dir: Path) -> dict[str, Any]:
+    loader_name = entry.get("loader", name)
+    loaded = EVAL_LOADERS[loader_name](
+        entry["source"], cache_dir=cache_dir, agent_name=args.agent_name or "tool_agent",
+        max_bad_fraction=max_bad, **dict(entry.get("options") or {}),
+    )
+    path = write_rl_parquet(loaded.rows, out_dir / f"{name}.parquet")
+    result = {"output": str(path), "rows": len(loaded.rows), **loaded.summary()}
+    if args.raw_dir and loader_name in RAW_FOR_LM_EVAL:
+        spec = SourceSpec.parse(entry["source"])
+        table = read_table(spec, cache_dir=cache_dir, gated=loader_name == "gpqa_diamond" and spec.hub is not None)
+        raw_file = Path(args.raw_dir) / f"{RAW_FOR_LM_EVAL[loader_name]}.jsonl"
+        result["raw_for_lm_eval"] = str(write_jsonl_atomic(table.to_pylist(), raw_file))
+    print(f"{name}: {len(loaded.rows)} rows -> {path}")
+    return result
+
+
+def _partial_eval_message(report: Mapping[str, Any], failed: str, exc: Exception, report_path: Path) -> str:
+    kept = ", ".join(f"{n} -> {r['output']}" for n, r in report["sets"].items()) or "none"
+    rest = [failed, *report["not_attempted"]]
+    return (f"eval set {failed!r} failed: {type(exc).__name__}: {exc}. Kept (complete): {kept}. "
+            f"Not attempted: {', '.join(report['not_attempted']) or 'none'}. Report: {report_path}. "
+            f"Finish with --only {','.join(rest)}")
 
 
 def cmd_prepare_sft(args: argparse.Namespace) -> int:
@@ -149,15 +194,22 @@ def read_pass_counts(path: str | os.PathLike[str]) -> dict[str, int]:
         counts = {}
         for lineno, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                rec = json.loads(line)
-                if "uid" not in rec or "passes" not in rec:
-                    raise DataError(f"{p}:{lineno}: expected keys 'uid' and 'passes'")
+                rec = _json_or_error(line, f"{p}:{lineno}")
+                if not isinstance(rec, dict) or "uid" not in rec or "passes" not in rec:
+                    raise DataError(f"{p}:{lineno}: expected an object with keys 'uid' and 'passes'")
                 counts[str(rec["uid"])] = rec["passes"]
         return counts
-    doc = json.loads(text)
+    doc = _json_or_error(text, str(p))
     if not isinstance(doc, dict):
         raise DataError(f"{p}: expected a JSON object uid -> passes")
     return {str(k): v for k, v in doc.items()}
+
+
+def _json_or_error(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
 
 
 def cmd_filter_difficulty(args: argparse.Namespace) -> int:

@@ -119,7 +119,10 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``.jsonl`` file (one object per line) or a ``.json`` file (a list of objects)."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of objects")
         return data
@@ -135,27 +138,33 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_csv(path: Path) -> pa.Table:
+    # GPQA ships CSV; quoted fields span lines, every column stays a string
+    parse = pa_csv.ParseOptions(newlines_in_values=True)
+    header = pa_csv.open_csv(path, parse_options=parse).schema.names
+    return pa_csv.read_csv(path, parse_options=parse,
+                           convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in header}))
+
+
+def read_local_file(path: Path) -> pa.Table:
+    """One local parquet / json(l) / csv file as a table; a file that does not parse is a ``DataError`` naming it."""
+    try:
+        if path.suffix == ".parquet":
+            return pq.read_table(path)
+        if path.suffix == ".csv":
+            return _read_csv(path)
+        rows = read_json_records(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        # pyarrow's messages name the row / column but not the file ("CSV parse error: Expected 3 columns ...")
+        raise DataError(f"{path}: cannot read as {path.suffix[1:]}: {exc}") from exc
+    if not rows:
+        raise DataError(f"{path}: empty file")
+    return pa.Table.from_pylist(rows)
+
+
 def read_local_table(files: list[Path]) -> pa.Table:
     """Concatenate local parquet / json(l) / csv files into one table (schemas must agree)."""
-    tables = []
-    for f in files:
-        if f.suffix == ".parquet":
-            tables.append(pq.read_table(f))
-        elif f.suffix == ".csv":  # GPQA ships CSV; quoted fields span lines, every column stays a string
-            parse = pa_csv.ParseOptions(newlines_in_values=True)
-            header = pa_csv.open_csv(f, parse_options=parse).schema.names
-            tables.append(
-                pa_csv.read_csv(
-                    f,
-                    parse_options=parse,
-                    convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in header}),
-                )
-            )
-        else:
-            rows = read_json_records(f)
-            if not rows:
-                raise DataError(f"{f}: empty file")
-            tables.append(pa.Table.from_pylist(rows))
+    tables = [read_local_file(f) for f in files]
     try:
         return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -1,8 +1,15 @@
 """verl FSDP checkpoint -> Hugging Face model directory for evaluation (verl's own model merger).
 
-verl's trainers save per-rank shards under ``<trainer.default_local_dir>/global_step_<N>/actor/``
-(``model_world_size_<W>_rank_<r>.pt`` + ``fsdp_config.json`` + the HF config/tokenizer in ``huggingface/``) and the
-newest step in ``latest_checkpointed_iteration.txt``. :func:`convert_checkpoint` runs
+verl 0.9.1's trainers write per-rank shards (``model_world_size_<W>_rank_<r>.pt`` + ``fsdp_config.json`` + the HF
+config/tokenizer in ``huggingface/``) in two layouts under ``<trainer.default_local_dir>``:
+
+- the PPO trainer (``verl.trainer.ppo.ray_trainer._save_checkpoint``): ``global_step_<N>/actor/`` (and
+  ``critic/`` when there is one);
+- the SFT trainer (``verl.utils.checkpoint.checkpoint_handler.CheckpointHandler.save_checkpoint``):
+  ``global_step_<N>/`` itself, next to the dataloader state ``data_<dp_rank>.pt``.
+
+Both keep the newest step in ``latest_checkpointed_iteration.txt``. :func:`find_actor_checkpoint` accepts either
+layout; :func:`convert_checkpoint` runs
 
     python -m verl.model_merger merge --backend fsdp --local_dir <actor dir> --target_dir <hf dir>
 
@@ -28,25 +35,31 @@ class ConversionError(RuntimeError):
     """The checkpoint is missing / malformed or verl's merger failed (the message says which)."""
 
 
+def _newest_step(root: Path) -> int:
+    tracker = root / "latest_checkpointed_iteration.txt"
+    if tracker.is_file() and tracker.read_text().strip().isdigit():
+        return int(tracker.read_text().strip())
+    steps = [int(p.name.split("_")[-1]) for p in root.glob("global_step_*") if p.name.split("_")[-1].isdigit()]
+    if not steps:
+        raise ConversionError(f"no global_step_* checkpoint in {root}")
+    return max(steps)
+
+
 def find_actor_checkpoint(checkpoint_dir: str | os.PathLike, step: int | None = None) -> Path:
-    """``<checkpoint_dir>/global_step_<step>/actor``; ``step=None`` = the newest (verl's tracker file, else the
-    highest ``global_step_*``). Raises :class:`ConversionError` when there is none."""
+    """The policy's shard directory of one step: ``global_step_<step>/actor`` (PPO trainer) or
+    ``global_step_<step>`` itself (SFT trainer, shards directly inside). ``step=None`` = the newest (verl's tracker
+    file, else the highest ``global_step_*``). Raises :class:`ConversionError` when there is none."""
     root = Path(checkpoint_dir)
     if not root.is_dir():
         raise ConversionError(f"checkpoint directory not found: {root}")
-    if step is None:
-        tracker = root / "latest_checkpointed_iteration.txt"
-        if tracker.is_file() and tracker.read_text().strip().isdigit():
-            step = int(tracker.read_text().strip())
-        else:
-            steps = [int(p.name.split("_")[-1]) for p in root.glob("global_step_*") if p.name.split("_")[-1].isdigit()]
-            if not steps:
-                raise ConversionError(f"no global_step_* checkpoint in {root}")
-            step = max(steps)
-    actor = root / f"global_step_{step}" / "actor"
-    if not actor.is_dir():
-        raise ConversionError(f"no actor checkpoint for step {step}: {actor} does not exist")
-    return actor
+    step_dir = root / f"global_step_{_newest_step(root) if step is None else step}"
+    for candidate in (step_dir / "actor", step_dir):
+        if (candidate / "fsdp_config.json").is_file() or list(candidate.glob("model_world_size_*_rank_*.pt")):
+            return candidate
+    if not step_dir.is_dir():
+        raise ConversionError(f"no checkpoint for step {step_dir.name.split('_')[-1]}: {step_dir} does not exist")
+    raise ConversionError(f"{step_dir} holds no model shards: neither {step_dir / 'actor'} (PPO trainer layout) nor "
+                          f"{step_dir} itself (SFT trainer layout) has fsdp_config.json or model_world_size_*.pt")
 
 
 def merger_command(

@@ -198,6 +198,11 @@ def _cleaner_block(resolved: Mapping[str, Any], *, seed: int, mode: str, saar_en
     return out
 
 
+# The local Ray verl starts gets the SLURM job's CPUs, resolved in the job (verl's ppo_trainer.yaml: "use a fixed
+# number instead of null when using SLURM"); null (all the machine's) outside SLURM. Multi-node: ray_on_slurm.sh.
+RAY_CPUS_FROM_SLURM = "${oc.decode:${oc.env:SLURM_CPUS_PER_TASK,${oc.env:SLURM_CPUS_ON_NODE,null}}}"
+
+
 def _common_ppo(resolved: Mapping[str, Any], *, model_path: str, output_dir: Path, seed: int, stage: str,
                 agent_loop: str, tools: bool) -> list[str]:
     """Overrides shared by RL and eval: model, lengths, engine, hardware, reward, tools, logging."""
@@ -276,6 +281,7 @@ def _common_ppo(resolved: Mapping[str, Any], *, model_path: str, output_dir: Pat
         format_override("reward.reward_kwargs.max_resp_len", response_len, add=True),
         format_override("trainer.nnodes", verl["nnodes"]),
         format_override("trainer.n_gpus_per_node", verl["n_gpus_per_node"]),
+        format_override("ray_kwargs.ray_init.num_cpus", RAY_CPUS_FROM_SLURM if verl["nnodes"] == 1 else None),
         format_override("trainer.project_name", verl["project_name"]),
         format_override("trainer.experiment_name", _experiment_name(resolved, stage, seed)),
         format_override("trainer.logger", list(verl["logger"])),
