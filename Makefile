@@ -37,6 +37,7 @@ $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 lock: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$$(grep -E '^uv==' $(LOCK) | cut -d' ' -f1 || echo uv)"
 	scripts/env/lock.sh
+	envs/lock.sh stamp   # the GPU env locks record the CPU lock they start from
 
 check-lock:
 	@scripts/env/check_lock.sh

@@ -18,7 +18,7 @@ lock() {  # lock <env> [uv args...]
     # the envs differ only where the GPU pins demand it.
     [ -f "envs/$env.lock" ] || cp requirements.lock "envs/$env.lock"
     "$UV" pip compile pyproject.toml "envs/$env.in" --generate-hashes --quiet \
-        --python-version 3.12 --python-platform x86_64-manylinux_2_34 --index-url https://pypi.org/simple \
+        --python-version 3.12 --python-platform x86_64-manylinux_2_34 \
         --custom-compile-command "envs/lock.sh" "$@" -o "envs/$env.lock"
     stamp "$env" "envs/$env.lock"
     echo "envs/$env.lock: $(grep -c '^[a-z0-9].*==' "envs/$env.lock") packages pinned with hashes"
