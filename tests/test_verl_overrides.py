@@ -73,7 +73,9 @@ def test_every_experiment_composes_and_validates(configs, name, tmp_path):
         assert r.multi_turn.enable == (which != "notool")
         # CLEANER arm: no rollout log-probs, no IS correction (CLEANER.md step 6); baseline: IS correction on.
         assert r.calculate_log_probs == (which != "cleaner" and resolved["rl"]["rollout_is_correction"])
-        assert rl.algorithm.rollout_correction.rollout_is == ("token" if r.calculate_log_probs else None)
+        # The reference baseline: sequence-level rollout IS (verl.rollout_is_level).
+        assert rl.algorithm.rollout_correction.rollout_is == (
+            resolved["verl"]["rollout_is_level"] if r.calculate_log_probs else None)
         if r.agent.default_agent_loop == AGENT_NAME:
             assert r.agent.agent_loop_config_path == str(package_file("agent_loops.yaml"))
             assert rl.cleaner.saar.enabled == resolved["saar"]["enabled"]
@@ -242,3 +244,136 @@ def test_cli_overrides_and_train_without_gpu(tmp_path, capsys):
     assert run("verl", "train", "--overrides", str(out / "overrides.txt"), "--stage", "rl") == 2
     err = capsys.readouterr().err
     assert "needs CUDA GPUs" in err and "Traceback" not in err
+
+
+# -- verl's own dataset + dataloader construction from the composed overrides ---------------------------------------
+EVAL_SPLIT_ROWS = {"aime24": 30, "aime25": 30, "gpqa_diamond": 198, "livecodebench": 175}
+
+
+def _eval_row(split: str, i: int, *, filler: int = 0) -> dict:
+    """One row in the normalised RL/eval schema (cleaner.data.schema), with the real prompt wrappers."""
+    from cleaner.prompts import aime_user_prompt, code_user_prompt, multiple_choice_user_prompt
+
+    problem = f"Problem {i} of {split}: find the value of {i} + {i}." + " more words" * filler
+    if split == "gpqa_diamond":
+        content, ability, source = multiple_choice_user_prompt(problem, ["1", "2", "3", "4"]), "science", split
+    elif split == "livecodebench":
+        content, ability, source = code_user_prompt(problem), "code", split
+    else:
+        content, ability, source = aime_user_prompt(problem), "math", split
+    return {"data_source": source, "prompt": [{"role": "user", "content": content}], "ability": ability,
+            "reward_model": {"style": "rule", "ground_truth": str(2 * i)},
+            "extra_info": {"index": str(i), "source": source, "split": split}, "agent_name": "tool_agent"}
+
+
+def _write_split(path: Path, split: str, n: int, *, long_rows: int = 0) -> Path:
+    from cleaner.data.schema import write_rl_parquet
+
+    rows = [_eval_row(split, i) for i in range(n - long_rows)]
+    rows += [_eval_row(split, i, filler=2000) for i in range(n - long_rows, n)]  # ~20K characters each
+    return write_rl_parquet(rows, path)
+
+
+def _verl_loaders(cfg, tokenizer):
+    """verl's ``RayPPOTrainer._create_dataloader`` on a trainer holding only what it reads (config, tokenizer)."""
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    trainer = RayPPOTrainer.__new__(RayPPOTrainer)
+    trainer.config, trainer.tokenizer, trainer.processor = cfg, tokenizer, None
+    trainer._create_dataloader(None, None, None, None)
+    return trainer
+
+
+PAPER_CONFIGS = ("paper-qwen3-4b.yaml", "paper-qwen2.5-7b.yaml")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_every_eval_split_builds_verl_loaders(name, tiny_tokenizer, tmp_path):
+    """Every eval split at its real size (30, 30, 198, 175 rows) gets a non-empty train loader and its val loader."""
+    cfg = load_config(ROOT / "config" / name)
+    for split, n in EVAL_SPLIT_ROWS.items():
+        data = _write_split(tmp_path / f"{split}.parquet", split, n)
+        run = prepare_run(cfg, "cleaner", "eval", output_dir=tmp_path / split, val_files=[data], model_path="/m")
+        c = compose_ppo_config(run.overrides)
+        validate_ppo_config(c)
+        trainer = _verl_loaders(c, tiny_tokenizer)
+        assert len(trainer.val_dataset) == n and len(trainer.train_dataloader) >= 1, split
+        assert len(trainer.val_dataloader) == 1 and trainer.val_dataloader.batch_size == 256  # none dropped
+        assert c.data.max_prompt_length == cfg["eval"]["max_prompt_tokens"] and not c.data.filter_overlong_prompts
+    tiny = _write_split(tmp_path / "tiny.parquet", "aime24", 3)
+    with pytest.raises(ConfigError, match="tiny.parquet: 3 row"):
+        prepare_run(cfg, "cleaner", "eval", output_dir=tmp_path / "tiny", val_files=[tiny], model_path="/m")
+
+
+def test_difficulty_filter_validates_in_bounded_batches(configs, tiny_tokenizer, tmp_path):
+    """The 7B filter scores every training prompt as validation: batches of verl.val_batch_size, not one batch."""
+    cfg = copy.deepcopy(configs["paper_like_7b.yaml"])
+    cfg["verl"]["val_batch_size"] = 64
+    data = _write_split(tmp_path / "train.parquet", "aime24", 300, long_rows=20)
+    run = prepare_run(cfg, "cleaner", "eval", output_dir=tmp_path / "run", val_files=[data], model_path="/m",
+                      drop_overlong=True)
+    trainer = _verl_loaders(compose_ppo_config(run.overrides), tiny_tokenizer)
+    # The 20 over-long prompts are dropped (RL drops them too); 280 prompts in 5 batches of at most 64.
+    assert len(trainer.val_dataset) == 280 and trainer.val_dataloader.batch_size == 64
+    assert len(trainer.val_dataloader) == 5
+
+
+def test_total_training_steps_derived_after_overlong_filtering(configs, tiny_tokenizer, tmp_path):
+    """verl.derive_total_steps: verl counts the steps of one epoch over the prompts left after filtering."""
+    cfg = copy.deepcopy(configs["paper_like_4b.yaml"])
+    cfg["verl"]["derive_total_steps"] = True
+    cfg["rl"].update(batch_prompts=16, mini_batch_prompts=16)
+    train = _write_split(tmp_path / "train.parquet", "aime24", 300, long_rows=40)
+    val = _write_split(tmp_path / "aime25.parquet", "aime25", 30)
+    run = prepare_run(cfg, "cleaner", "rl", output_dir=tmp_path / "rl", train_files=[train], val_files=[val],
+                      model_path="/m")
+    c = compose_ppo_config(run.overrides)
+    assert c.trainer.total_training_steps is None
+    trainer = _verl_loaders(c, tiny_tokenizer)
+    assert len(trainer.train_dataset) == 260 and trainer.total_training_steps == 260 // 16
+    assert c.actor_rollout_ref.actor.optim.total_training_steps == 260 // 16  # the lr schedule sees the same count
+    cfg["verl"]["derive_total_steps"] = False  # the constant, as before
+    fixed = compose_ppo_config(build_ppo_overrides(cfg, "cleaner", train_files=[train], val_files=[val],
+                                                   output_dir=tmp_path / "rl2", model_path="/m"))
+    assert fixed.trainer.total_training_steps == cfg["rl"]["steps"]
+
+
+def test_wandb_only_when_asked_and_credentialed(tmp_path):
+    """Paper configs log to the console + a local metrics file; wandb without credentials stops before verl starts."""
+    from cleaner.engines.verl.cli import logging_problem, run_environment
+
+    for name in PAPER_CONFIGS:
+        assert "wandb" not in load_config(ROOT / "config" / name)["verl"]["logger"]
+    plain = ["trainer.logger=[console,file]"]
+    wandb = ["trainer.logger=[console,wandb]"]
+    home = tmp_path / "home"
+    home.mkdir()
+    assert logging_problem(plain, {}, home) is None
+    assert "WANDB_API_KEY" in logging_problem(wandb, {}, home)
+    assert logging_problem(wandb, {"WANDB_API_KEY": "k"}, home) is None
+    assert logging_problem(wandb, {"WANDB_MODE": "offline"}, home) is None
+    (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    assert logging_problem(wandb, {}, home) is None
+    env = run_environment(tmp_path / "run" / "overrides.txt", plain, {"PATH": "/bin"})
+    assert env["VERL_FILE_LOGGER_PATH"] == str(tmp_path.resolve() / "run" / "metrics.jsonl")
+    assert "VERL_FILE_LOGGER_PATH" not in run_environment(tmp_path / "o.txt", wandb, {})
+
+
+def test_notool_arm_prompts_do_not_mention_the_tool(tmp_path):
+    """The no-tool arm's rows lose the tool hint / note; the tool arms' rows keep them (CLI rewrites the copies)."""
+    import pyarrow.parquet as pq
+
+    from cleaner.engines.verl.overrides import loop_neutral_copies
+    from cleaner.prompts import AGENT_NOTE, TOOL_HINT
+
+    rows = {s: _write_split(tmp_path / f"{s}.parquet", s, 4) for s in EVAL_SPLIT_ROWS}
+    tool_text = ("tool", "Tool")
+    for split, path in rows.items():
+        (copy_,) = loop_neutral_copies([path], tmp_path / "notool", tools=False)
+        prompts = [p[0]["content"] for p in pq.read_table(copy_).column("prompt").to_pylist()]
+        assert not any(word in p for p in prompts for word in tool_text), (split, prompts[0])
+        assert all("\\boxed{" in p or "```python" in p for p in prompts)  # the answer format stays
+        (kept,) = loop_neutral_copies([path], tmp_path / "tools", tools=True)
+        original = pq.read_table(kept).column("prompt").to_pylist()[0][0]["content"]
+        assert AGENT_NOTE in original and (TOOL_HINT in original or split == "livecodebench")
