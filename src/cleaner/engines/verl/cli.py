@@ -107,6 +107,7 @@ def cmd_overrides(args: argparse.Namespace) -> int:
         config, args.experiment, args.stage, output_dir=out_dir, train_files=train_files,
         val_files=val_files, model_path=args.model_path, seed=args.seed,
         overrides_name=Path(args.out).name if args.out else "overrides.txt", drop_overlong=args.drop_overlong_prompts,
+        smoke=args.smoke,
     )
     if args.out and Path(args.out).resolve() != run.overrides_path:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +190,8 @@ def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--n-samples", type=int, help="eval: samples per problem instead of eval.k")
     p.add_argument("--drop-overlong-prompts", action="store_true",
                    help="eval: let verl drop prompts over the budget instead of failing (difficulty filter)")
+    p.add_argument("--smoke", action="store_true",
+                   help="paper_smoke: one step / a handful of rows on one node, the recipe's model and lengths")
     p.set_defaults(func=cmd_overrides)
 
     p = sub.add_parser("train", help="run verl with an overrides file (GPU nodes only)")

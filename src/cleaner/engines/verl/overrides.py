@@ -73,6 +73,7 @@ __all__ = [
     "compose_ppo_config",
     "compose_sft_config",
     "format_override",
+    "smoke_overrides",
     "hydra_value",
     "ppo_command",
     "prepare_run",
@@ -532,6 +533,43 @@ def build_sft_overrides(
     return o
 
 
+# -- paper_smoke: every GPU stage on a handful of rows ---------------------------------------------------------
+SMOKE_SAMPLES = 2  # rollouts per prompt in the smoke RL step (GRPO needs a group) and its difficulty stage
+
+
+def smoke_overrides(overrides: Sequence[str], stage: Stage, *, n_gpus: int) -> list[str]:
+    """``overrides`` shrunk to a smoke run of the same stage on ONE node: one optimiser step (RL, SFT) on one batch
+    of ``n_gpus`` prompts (SFT: one batch), a checkpoint after it (so conversion runs too), one sample of ``n_gpus``
+    problems (eval); the model, lengths, memory and engine settings stay the recipe's, so a broken site, driver,
+    template or memory budget shows up in minutes. Keys already present are replaced in place."""
+    if stage == "sft":
+        changes = {"trainer.total_training_steps": 1, "trainer.save_freq": 1, "trainer.total_epochs": 1,
+                   "trainer.nnodes": 1, "data.train_max_samples": _override_int(overrides, "data.train_batch_size")}
+    elif stage == "rl":
+        changes = {"trainer.total_training_steps": 1, "trainer.save_freq": 1, "trainer.test_freq": -1,
+                   "trainer.val_before_train": False, "trainer.nnodes": 1, "data.train_batch_size": n_gpus,
+                   "data.train_max_samples": n_gpus, "data.val_max_samples": n_gpus,
+                   "actor_rollout_ref.actor.ppo_mini_batch_size": n_gpus,
+                   "actor_rollout_ref.rollout.n": SMOKE_SAMPLES}
+    else:
+        changes = {"trainer.nnodes": 1, "data.val_max_samples": n_gpus}
+    out, seen = [], set()
+    for line in overrides:
+        key = line.lstrip("+").split("=", 1)[0]
+        if key in changes:
+            line, _ = format_override(key, changes[key], add=line.startswith("+")), seen.add(key)
+        out.append(line)
+    return out + [format_override(k, v) for k, v in changes.items() if k not in seen]
+
+
+def _override_int(overrides: Sequence[str], key: str) -> int:
+    for line in overrides:
+        k, sep, v = line.lstrip("+").partition("=")
+        if sep and k == key:
+            return int(v)
+    raise ConfigError(f"override {key} not found")
+
+
 # -- files, commands, composition ------------------------------------------------------------------------
 def tool_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
     """verl tool YAML content for :class:`cleaner.engines.verl.tool.CodeInterpreterTool` with ``rollout.*`` values."""
@@ -648,6 +686,7 @@ def prepare_run(
     seed: int | None = None,
     overrides_name: str = "overrides.txt",
     drop_overlong: bool = False,
+    smoke: bool = False,
 ) -> RunFiles:
     """Build the stage's overrides and write them (and the tool config they point at) into ``output_dir``."""
     if stage not in STAGES:
@@ -677,6 +716,9 @@ def prepare_run(
         resolved = _resolved(config, experiment)
         if resolved["rollout"]["tools_enabled"]:
             tool_path = write_tool_config(out / "tool_config.yaml", resolved)
+    if smoke:
+        overrides = smoke_overrides(overrides, stage, n_gpus=int(validate_config(copy.deepcopy(dict(config)))
+                                                                 ["verl"]["n_gpus_per_node"]))
     header = f"verl {stage} overrides for config {config.get('name')!r}" + (
         f", experiment {experiment!r}" if experiment else "") + "\nwritten by cleaner.engines.verl.overrides"
     path = write_overrides(out / overrides_name, overrides, header=header)
