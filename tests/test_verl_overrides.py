@@ -124,6 +124,12 @@ def test_recipe_table_rows(configs, tmp_path):
     assert r.name == "sglang" and r.mode == "async"
     assert not r.calculate_log_probs and alg.rollout_correction.rollout_is is None
     assert a.ppo_max_token_len_per_gpu == 2560 + 20480
+    # Reference scripts: fused log-prob/entropy kernels (triton), verl's default max_num_batched_tokens (not set).
+    m = c.actor_rollout_ref.model
+    assert m.use_fused_kernels and m.fused_kernel_options.impl_backend == "triton"
+    assert a.use_fused_kernels  # the actor reads the model's flag (oc.select in verl's config)
+    assert not any(o.startswith("actor_rollout_ref.rollout.max_num_batched_tokens") for o in build_ppo_overrides(
+        cfg, "cleaner", train_files=TRAIN, val_files=VAL, output_dir=tmp_path, model_path="/m"))
     assert c.trainer.rollout_data_dir == str(tmp_path.resolve() / "rollouts")
     # 7B column: lr 1e-6, p = 0.7, avg@32.
     cfg7 = configs["paper_like_7b.yaml"]
@@ -377,3 +383,29 @@ def test_notool_arm_prompts_do_not_mention_the_tool(tmp_path):
         (kept,) = loop_neutral_copies([path], tmp_path / "tools", tools=True)
         original = pq.read_table(kept).column("prompt").to_pylist()[0][0]["content"]
         assert AGENT_NOTE in original and (TOOL_HINT in original or split == "livecodebench")
+
+
+@pytest.mark.parametrize("stage", ["sft", "rl", "eval"])
+def test_smoke_overrides_compose_and_shrink_the_run(stage, tmp_path):
+    """paper_smoke: each stage composes with verl's config and passes its checks, one step / few rows, one node,
+    the recipe's model lengths and memory settings untouched."""
+    cfg = load_config(ROOT / "config" / "paper-qwen3-4b.yaml")
+    kw = dict(output_dir=tmp_path, model_path="/m")
+    if stage == "sft":
+        run = prepare_run(cfg, None, "sft", train_files=["/d/sft.parquet"], smoke=True, **kw)
+        c = compose_sft_config(run.overrides)
+        assert c.trainer.total_training_steps == 1 and c.trainer.save_freq == 1
+        assert c.data.train_max_samples == cfg["sft"]["batch_size"] and c.data.max_length == cfg["sft"]["max_length"]
+        return
+    exp = "cleaner"
+    full = prepare_run(cfg, exp, stage, train_files=TRAIN, val_files=VAL, **kw).overrides
+    run = prepare_run(cfg, exp, stage, train_files=TRAIN, val_files=VAL, smoke=True, **kw)
+    c = compose_ppo_config(run.overrides)
+    validate_ppo_config(c)
+    assert len({line.lstrip("+").split("=")[0] for line in run.overrides}) == len(run.overrides)  # no duplicates
+    assert c.trainer.nnodes == 1 and c.data.val_max_samples == 4
+    assert c.data.max_response_length == 20480 and c.actor_rollout_ref.rollout.gpu_memory_utilization == 0.8
+    if stage == "rl":
+        assert c.trainer.total_training_steps == 1 and c.trainer.save_freq == 1 and c.trainer.test_freq == -1
+        assert (c.data.train_batch_size, c.data.train_max_samples, c.actor_rollout_ref.rollout.n) == (4, 4, 2)
+    assert set(full) - set(run.overrides) and compose_ppo_config(full).trainer.nnodes == 1
