@@ -409,3 +409,31 @@ def test_smoke_overrides_compose_and_shrink_the_run(stage, tmp_path):
         assert c.trainer.total_training_steps == 1 and c.trainer.save_freq == 1 and c.trainer.test_freq == -1
         assert (c.data.train_batch_size, c.data.train_max_samples, c.actor_rollout_ref.rollout.n) == (4, 4, 2)
     assert set(full) - set(run.overrides) and compose_ppo_config(full).trainer.nnodes == 1
+
+
+def test_probe_checks_on_cpu(tiny_model_dir, tiny_tokenizer):
+    """The first-GPU probe's logic: template check on the testbed tokenizer; stop / seed checks on fake engines."""
+    import random
+
+    from cleaner.chat import ChatFormat
+    from cleaner.engines.verl.probe import run_probe, seed_problem, stop_problem, template_problem
+    from cleaner.prompts import tool_schemas
+
+    assert template_problem(tiny_tokenizer) is None and run_probe(str(tiny_model_dir), engine=False) == 0
+    broken = copy.deepcopy(tiny_tokenizer)
+    broken.chat_template = tiny_tokenizer.chat_template.replace("<tool_response>", "<tool_result>")
+    assert "differ from the chat template" in template_problem(broken)
+    fmt = ChatFormat(tiny_tokenizer, tool_schemas())
+    call = fmt.encode(fmt.assistant_text("Let me compute.", "print(1)"))
+    assert stop_problem(lambda p, s: call, fmt) is None
+    assert "trimmed" in stop_problem(lambda p, s: call[:-1], fmt)
+
+    def engine(prompt, params):  # honours only "sampling_seed", rejects "seed"
+        if "seed" in params:
+            raise TypeError("unexpected keyword 'seed'")
+        rng = random.Random(params.get("sampling_seed"))
+        return [rng.randrange(100) for _ in range(8)]
+
+    assert seed_problem(engine, fmt) == ("sampling_seed", None)
+    key, why = seed_problem(engine, fmt, keys=("seed",))
+    assert key is None and "refused" in why

@@ -167,6 +167,12 @@ def cmd_pass_counts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from cleaner.engines.verl.probe import run_probe
+
+    return run_probe(args.model, engine=not args.template_only)
+
+
 def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register ``verl`` with its subcommands on the main CLI's subparsers; returns the ``verl`` parser."""
     verl = subparsers.add_parser(
@@ -213,6 +219,11 @@ def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--model", required=True, help="the evaluated model dir (its tokenizer renders prompts)")
     p.add_argument("--out", required=True, help="JSON {uid: passes}")
     p.set_defaults(func=cmd_pass_counts)
+
+    p = sub.add_parser("probe", help="first-GPU checks: chat template, SGLang stop token and per-request seed")
+    p.add_argument("--model", required=True, help="HF model directory or id (e.g. Qwen/Qwen3-4B-Instruct-2507)")
+    p.add_argument("--template-only", action="store_true", help="only the chat-template check (CPU, no SGLang)")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("convert", help="verl FSDP checkpoint -> Hugging Face model directory")
     p.add_argument("checkpoint_dir", help="trainer.default_local_dir, or one global_step_<N>/actor directory")
