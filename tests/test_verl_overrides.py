@@ -338,6 +338,7 @@ def test_total_training_steps_derived_after_overlong_filtering(configs, tiny_tok
     assert c.trainer.total_training_steps is None
     trainer = _verl_loaders(c, tiny_tokenizer)
     assert len(trainer.train_dataset) == 260 and trainer.total_training_steps == 260 // 16
+    assert trainer.train_dataset.tool_schemas[0]["function"]["name"] == "code_interpreter"  # counted when filtering
     assert c.actor_rollout_ref.actor.optim.total_training_steps == 260 // 16  # the lr schedule sees the same count
     cfg["verl"]["derive_total_steps"] = False  # the constant, as before
     fixed = compose_ppo_config(build_ppo_overrides(cfg, "cleaner", train_files=[train], val_files=[val],

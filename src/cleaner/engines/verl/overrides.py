@@ -19,7 +19,7 @@ lr                  ``actor.optim.lr`` (rl.lr), ``lr_warmup_steps`` (rl.warmup_s
                     (rl.lr_schedule), ``weight_decay`` (rl.weight_decay), ``actor.grad_clip`` (rl.grad_clip)
 batch               ``data.train_batch_size`` (rl.batch_prompts), ``rollout.n`` (rl.n), ``actor.ppo_mini_batch_size``
                     (rl.mini_batch_prompts), ``actor.ppo_epochs`` (rl.ppo_epochs), ``trainer.total_training_steps``
-                    (rl.steps), ``trainer.total_epochs`` (verl.total_epochs)
+                    (rl.steps, or null = derived by verl with verl.derive_total_steps), ``trainer.total_epochs``
 lengths             ``data.max_prompt_length`` (rollout.max_prompt_tokens), ``data.max_response_length``
                     (rollout.max_response_tokens), ``multi_turn.max_assistant_turns`` (rollout.max_turns)
 sampling            ``rollout.temperature/top_p`` (rollout.*), ``rollout.val_kwargs.top_p/temperature``
@@ -27,14 +27,16 @@ sampling            ``rollout.temperature/top_p`` (rollout.*), ``rollout.val_kwa
 precision           ``actor/ref.fsdp_config.dtype`` + ``mixed_precision.param_dtype``, ``rollout.dtype`` (rl.precision)
 SAAR                ``+cleaner.saar.*`` (saar.*), read by ``cleaner_tool_agent``
 hardware            ``trainer.nnodes/n_gpus_per_node``, ``actor.strategy`` (fsdp2), ``fsdp_config.*_offload``,
-                    ``rollout.name`` (sglang), ``gpu_memory_utilization``, ``tensor_model_parallel_size`` (verl.*)
+                    ``rollout.name`` (sglang), ``gpu_memory_utilization``, ``tensor_model_parallel_size``,
+                    ``model.use_fused_kernels`` (verl.*)
 ==================  ================================================================================
 
 Arms: the CLEANER arm (``saar.enabled``) runs ``cleaner_tool_agent`` with ``rollout.calculate_log_probs=False`` and
-no rollout IS correction (CLEANER.md step 6); the tools baseline (SAAR off) runs verl's stock ``tool_agent`` with
-:class:`cleaner.engines.verl.tool.CodeInterpreterTool` (or ``cleaner_tool_agent`` with SAAR off when
-``verl.baseline_agent_loop`` says so) and token-level rollout IS correction when ``rl.rollout_is_correction``; the
-no-tool arm (``rollout.tools_enabled: false``) runs verl's ``single_turn_agent``. Validation-only evaluation
+no rollout IS correction (CLEANER.md step 6); the tools baseline (SAAR off) runs the same ``cleaner_tool_agent`` with
+SAAR off (``verl.baseline_agent_loop``; ``tool_agent`` = verl's stock loop, an optional experiment) and, when
+``rl.rollout_is_correction``, rollout log-probs with sequence-level IS correction (``verl.rollout_is_level``, the
+reference baseline's); the no-tool arm (``rollout.tools_enabled: false``) runs verl's ``single_turn_agent`` on prompts
+without the tool sentences (:func:`without_tool_text`). Validation-only evaluation
 (:func:`build_eval_overrides`) uses ``cleaner_tool_agent`` with SAAR off for every tool arm, so all arms are scored
 by one code path.
 
