@@ -328,7 +328,7 @@ def test_difficulty_filter_validates_in_bounded_batches(configs, tiny_tokenizer,
 def test_total_training_steps_derived_after_overlong_filtering(configs, tiny_tokenizer, tmp_path):
     """verl.derive_total_steps: verl counts the steps of one epoch over the prompts left after filtering."""
     cfg = copy.deepcopy(configs["paper_like_4b.yaml"])
-    cfg["verl"]["derive_total_steps"] = True
+    cfg["verl"].update(derive_total_steps=True, keep_checkpoints=3)
     cfg["rl"].update(batch_prompts=16, mini_batch_prompts=16)
     train = _write_split(tmp_path / "train.parquet", "aime24", 300, long_rows=40)
     val = _write_split(tmp_path / "aime25.parquet", "aime25", 30)
@@ -336,6 +336,7 @@ def test_total_training_steps_derived_after_overlong_filtering(configs, tiny_tok
                       model_path="/m")
     c = compose_ppo_config(run.overrides)
     assert c.trainer.total_training_steps is None
+    assert c.trainer.max_actor_ckpt_to_keep == 3
     trainer = _verl_loaders(c, tiny_tokenizer)
     assert len(trainer.train_dataset) == 260 and trainer.total_training_steps == 260 // 16
     assert trainer.train_dataset.tool_schemas[0]["function"]["name"] == "code_interpreter"  # counted when filtering

@@ -388,6 +388,7 @@ def build_ppo_overrides(
         # null: verl counts len(train loader) x total_epochs on the prompts left after over-long ones are filtered
         format_override("trainer.total_training_steps", None if verl["derive_total_steps"] else rl["steps"]),
         format_override("trainer.save_freq", rl["checkpoint_every"]),
+        format_override("trainer.max_actor_ckpt_to_keep", verl["keep_checkpoints"]),
         format_override("trainer.test_freq", rl["val_every"] if rl["val_every"] > 0 else -1),
         format_override("trainer.val_before_train", rl["val_every"] > 0),
         format_override("trainer.rollout_data_dir", str(out / "rollouts")),
