@@ -25,9 +25,11 @@ if ENGINE == "embedded":
             cli=CLI,
             cfg=CONFIGFILE,
             experiment=EXPERIMENTS[0],
+            k=lambda wc: eval_k(EXPERIMENTS[0], wc.split),
         shell:
             "{params.cli} eval --config {params.cfg} --experiment {params.experiment} --model {input.model} "
-            "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
+            "--data {input.data} --k {params.k} --out {output.summary} --trajectories {output.trajectories} "
+            "--threads {threads} "
             "> {log} 2>&1"
 
     rule eval:
@@ -50,9 +52,11 @@ if ENGINE == "embedded":
         params:
             cli=CLI,
             cfg=CONFIGFILE,
+            k=lambda wc: eval_k(wc.exp, wc.split),
         shell:
             "{params.cli} eval --config {params.cfg} --experiment {wildcards.exp} --model {input.model} "
-            "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
+            "--data {input.data} --k {params.k} --out {output.summary} --trajectories {output.trajectories} "
+            "--threads {threads} "
             "> {log} 2>&1"
 
 else:
