@@ -454,3 +454,15 @@ def test_docs_table_names_every_override_key():
             keys |= {line.lstrip("+").split("=", 1)[0] for line in lines}
     missing = sorted(k for k in keys if f"`{k}`" not in table)
     assert not missing, f"docs/verl.md's recipe table lacks {missing}"
+
+
+def test_experiment_verl_overrides_are_validated(configs, tmp_path):
+    """An experiment may pick the stock loop (verl.baseline_agent_loop); a bad value names the experiment and key."""
+    cfg = copy.deepcopy(configs["paper_like_4b.yaml"])
+    cfg["experiments"]["stock"] = {"rl": {"rollout_is_correction": True}, "verl": {"baseline_agent_loop": "tool_agent"}}
+    c = compose_ppo_config(build_ppo_overrides(cfg, "stock", train_files=TRAIN, val_files=VAL, output_dir=tmp_path,
+                                               model_path="/m"))
+    assert c.actor_rollout_ref.rollout.agent.default_agent_loop == "tool_agent" and "cleaner" not in c
+    cfg["experiments"]["bad"] = {"verl": {"baseline_agent_loop": "nope"}}
+    with pytest.raises(ConfigError, match="experiments.bad: verl.baseline_agent_loop"):
+        build_ppo_overrides(cfg, "bad", train_files=TRAIN, val_files=VAL, output_dir=tmp_path, model_path="/m")
