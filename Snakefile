@@ -18,6 +18,7 @@ include: "rules/sft.smk"
 include: "rules/rl.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
+include: "rules/smoke.smk"
 
 
 rule all:
@@ -45,3 +46,9 @@ rule rl_only:
 rule eval_only:
     input:
         eval_outputs(),
+
+
+# verl engine: every GPU stage on a handful of rows with the real model, one node (rules/smoke.smk). Run it first.
+rule paper_smoke:
+    input:
+        smoke_outputs() if ENGINE == "verl" else [],

@@ -3,6 +3,7 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # The package's validation first: one line per bad field ("rl.clip_ratio_c: 0.5 is less than ..."), and every
@@ -22,13 +23,48 @@ RES = f"results/{NAME}"
 EXPERIMENTS = list(config["experiments"])
 ENGINE = config["engine"]
 
-def _cli():
-    """How rules call the package: the interpreter running Snakemake, or the job's env with --sdm conda."""
-    methods = {str(m).lower() for m in workflow.deployment_settings.deployment_method}
-    return "python -m cleaner" if any("conda" in m for m in methods) else f"{sys.executable} -m cleaner"
+DEPLOYMENT = {str(m).lower().rsplit(".", 1)[-1] for m in workflow.deployment_settings.deployment_method}
+
+
+def _cli(*, gpu=False):
+    """How rules call the package: the interpreter running Snakemake, or the job's own env (--sdm conda; GPU rules
+    also under --sdm apptainer, inside verl.container)."""
+    own_env = "conda" in DEPLOYMENT or (gpu and "apptainer" in DEPLOYMENT and GPU_CONTAINER)
+    return "python -m cleaner" if own_env else f"{sys.executable} -m cleaner"
 
 
 CLI = _cli()
+GPU_CLI = _cli(gpu=True)
+GPU_RULES = {"sft", "rl", "eval", "eval_sft", "difficulty_rollouts", "smoke_sft", "smoke_rl", "smoke_eval",
+             "smoke_difficulty"}
+
+
+def gpu_env_problem(planned_rules):
+    """Why the planned verl GPU jobs would fail at once (None when they can run): without --sdm conda / apptainer
+    they run `cleaner verl train` in the interpreter running Snakemake, which needs the rollout engine."""
+    from importlib.util import find_spec
+
+    gpu = sorted(set(planned_rules) & GPU_RULES)
+    if ENGINE != "verl" or not gpu:
+        return None
+    if "apptainer" in DEPLOYMENT and not GPU_CONTAINER:
+        return "--sdm apptainer needs verl.container (an image built from envs/apptainer/verl.def) in the config"
+    if "conda" in DEPLOYMENT or "apptainer" in DEPLOYMENT:
+        return None
+    engine = config["verl"]["rollout_name"]
+    if find_spec(engine) is None or find_spec("verl") is None:
+        return (f"the GPU jobs {gpu} would run `cleaner verl train` with {sys.executable}, whose environment "
+                f"lacks {engine!r} (or verl), and exit 2 inside each job. Add --sdm conda (envs/verl.yaml) or "
+                "--sdm apptainer (with verl.container set), or run Snakemake from an environment with verl and "
+                f"{engine} installed")
+    return None
+
+
+# Checked after the DAG is built and before any job is submitted (onstart does not run for dry runs).
+onstart:
+    problem = gpu_env_problem(job.rule.name for job in workflow.dag.needrun_jobs())
+    if problem:
+        raise WorkflowError(f"config {CONFIGFILE}: {problem}")
 EVAL_CMD = f"{CLI} eval" if ENGINE == "embedded" else f"{CLI} verl eval"
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("pass one --configfile: the pipeline's CLI reads exactly the file Snakemake validated")
@@ -85,8 +121,16 @@ def lm_eval_outputs():
     return [f"{RES}/{e}/seed{s}/lm_eval.json" for e, s in notool_runs()]
 
 
-def eval_k(exp):
-    return resolve_experiment(config, exp)["eval"]["k"]
+def eval_k(exp, split=None):
+    """Samples per problem of one experiment on one split (eval.k_per_split, else eval.k)."""
+    ev = resolve_experiment(config, exp)["eval"]
+    return (ev.get("k_per_split") or {}).get(split, ev["k"])
+
+
+def rl_val_data():
+    """The RL run's validation sets: verl.val_splits (the reference: AIME25 + AIME24), else the first eval split."""
+    splits = (config.get("verl") or {}).get("val_splits") or eval_splits()[:1]
+    return [f"{RES}/data/{s}.parquet" for s in splits]
 
 
 def rl_train_data():
@@ -138,3 +182,39 @@ def report_inputs():
 
 def report_outputs():
     return [f"{RES}/report/final_metrics.csv", f"{RES}/report/final_metrics.md", f"{RES}/report/training_curves.png"]
+
+
+# paper_smoke (rules/smoke.smk)
+SMOKE = f"{RES}/paper_smoke"
+
+
+def smoke_arms():
+    """One experiment per arm of the comparison (the first of each: tools baseline, CLEANER, no tool)."""
+    first = {}
+    for exp in EXPERIMENTS:
+        resolved = resolve_experiment(config, exp)
+        arm = "notool" if not resolved["rollout"]["tools_enabled"] else (
+            "cleaner" if resolved["saar"]["enabled"] else "tools")
+        first.setdefault(arm, exp)
+    return first
+
+
+def smoke_init_model():
+    return [] if config["verl"]["sft_model_path"] else [f"{SMOKE}/sft/final"]
+
+
+def smoke_init_path(input):
+    return config["verl"]["sft_model_path"] or input.model
+
+
+def smoke_eval_model():
+    arms = smoke_arms()
+    return f"{SMOKE}/{arms.get('cleaner', next(iter(arms.values())))}/rl/final"
+
+
+def smoke_outputs():
+    out = [f"{SMOKE}/{exp}/rl/final" for exp in smoke_arms().values()]
+    out += [f"{SMOKE}/eval/{split}.json" for split in eval_splits()]
+    if config["data"].get("apply_difficulty_filter"):
+        out.append(f"{SMOKE}/difficulty/pass_counts.json")
+    return out

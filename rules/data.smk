@@ -131,7 +131,7 @@ else:
         container:
             GPU_CONTAINER
         params:
-            cli=CLI,
+            cli=GPU_CLI,
             cfg=CONFIGFILE,
             experiment=EXPERIMENTS[0],
             n=config["data"]["difficulty_rollouts"],
@@ -139,7 +139,7 @@ else:
             run=lambda wc, output: str(Path(output.overrides).parent),
         shell:
             "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {params.experiment} "
-            "--n-samples {params.n} --output-dir {params.run} --val-files {input.train} "
+            "--n-samples {params.n} --drop-overlong-prompts --output-dir {params.run} --val-files {input.train} "
             "--model-path {params.model} --out {output.overrides} && "
             "{params.cli} verl train --overrides {output.overrides} --stage eval && "
             "{params.cli} verl pass-counts --generations {params.run}/generations --data {input.train} "

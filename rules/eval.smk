@@ -26,9 +26,11 @@ if ENGINE == "embedded":
             cli=CLI,
             cfg=CONFIGFILE,
             experiment=EXPERIMENTS[0],
+            k=lambda wc: eval_k(EXPERIMENTS[0], wc.split),
         shell:
             "{params.cli} eval --config {params.cfg} --experiment {params.experiment} --model {input.model} "
-            "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
+            "--data {input.data} --k {params.k} --out {output.summary} --trajectories {output.trajectories} "
+            "--threads {threads} "
             "> {log} 2>&1"
 
     rule eval:
@@ -53,9 +55,11 @@ if ENGINE == "embedded":
         params:
             cli=CLI,
             cfg=CONFIGFILE,
+            k=lambda wc: eval_k(wc.exp, wc.split),
         shell:
             "{params.cli} eval --config {params.cfg} --experiment {wildcards.exp} --model {input.model} "
-            "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
+            "--data {input.data} --k {params.k} --out {output.summary} --trajectories {output.trajectories} "
+            "--threads {threads} "
             "> {log} 2>&1"
 
 else:
@@ -84,16 +88,16 @@ else:
         container:
             GPU_CONTAINER
         params:
-            cli=CLI,
+            cli=GPU_CLI,
             cfg=CONFIGFILE,
             experiment=EXPERIMENTS[0],
-            k=lambda wc: eval_k(EXPERIMENTS[0]),
+            k=lambda wc: eval_k(EXPERIMENTS[0], wc.split),
             model=lambda wc, input: rl_init_model_path(input),
             run=lambda wc, output: str(Path(output.overrides).parent),
         shell:
             "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {params.experiment} "
             "--output-dir {params.run} --val-files {input.data} --model-path {params.model} "
-            "--out {output.overrides} && "
+            "--n-samples {params.k} --out {output.overrides} && "
             "{params.cli} verl train --overrides {output.overrides} --stage eval && "
             "{params.cli} verl eval-summary --generations {params.run}/generations --k {params.k} "
             "--out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"
@@ -123,14 +127,14 @@ else:
         container:
             GPU_CONTAINER
         params:
-            cli=CLI,
+            cli=GPU_CLI,
             cfg=CONFIGFILE,
-            k=lambda wc: eval_k(wc.exp),
+            k=lambda wc: eval_k(wc.exp, wc.split),
             run=lambda wc, output: str(Path(output.overrides).parent),
         shell:
             "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {wildcards.exp} "
             "--seed {wildcards.seed} --output-dir {params.run} --val-files {input.data} "
-            "--model-path {input.model} --out {output.overrides} && "
+            "--model-path {input.model} --n-samples {params.k} --out {output.overrides} && "
             "{params.cli} verl train --overrides {output.overrides} --stage eval && "
             "{params.cli} verl eval-summary --generations {params.run}/generations --k {params.k} "
             "--out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"

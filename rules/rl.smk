@@ -1,7 +1,8 @@
 # RL per experiment x seed: GRPO/DAPO with (cleaner) or without (baseline) SAAR-purified rollouts.
 # Embedded: outputs are final/ and summary.json only; checkpoints/ and metrics.jsonl beside them are not
 # declared, so an interrupted job (kill -9) keeps its checkpoints and the rerun resumes from the newest one.
-# verl: trainer.resume_mode=auto resumes from run/checkpoints the same way.
+# verl: trainer.resume_mode=auto resumes from run/checkpoints the same way; an RL job killed at its walltime
+# is resubmitted by Snakemake (retries) and resumes, so a run longer than one allocation needs no person.
 
 if ENGINE == "embedded":
 
@@ -41,7 +42,7 @@ else:
         input:
             model=rl_init_model_input(),
             train=rl_train_data(),
-            val=f"{RES}/data/{eval_splits()[0]}.parquet",
+            val=rl_val_data(),
         output:
             model=directory(f"{RES}/{{exp}}/seed{{seed}}/rl/final"),
             overrides=report(f"{RES}/{{exp}}/seed{{seed}}/rl/run/overrides.txt", caption="report/rl_verl.rst",
@@ -51,16 +52,19 @@ else:
         benchmark:
             f"{RES}/benchmarks/rl/{{exp}}_seed{{seed}}.tsv"
         threads: 16
+        # A job that hits its walltime (verl.rl_job_hours) fails; Snakemake resubmits it up to verl.rl_job_retries
+        # times and verl resumes from the newest checkpoint in run/checkpoints (trainer.resume_mode=auto).
+        retries: config["verl"]["rl_job_retries"]
         resources:
             mem_mb=512000,
-            runtime=72 * 60,
+            runtime=int(config["verl"]["rl_job_hours"] * 60),
             **rl_gpu_resources(),
         conda:
             "../envs/verl.yaml"
         container:
             GPU_CONTAINER
         params:
-            cli=CLI,
+            cli=GPU_CLI,
             cfg=CONFIGFILE,
             model=lambda wc, input: rl_init_model_path(input),
             run=lambda wc, output: str(Path(output.overrides).parent),

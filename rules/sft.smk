@@ -71,7 +71,7 @@ else:
         container:
             GPU_CONTAINER
         params:
-            cli=CLI,
+            cli=GPU_CLI,
             cfg=CONFIGFILE,
             run=lambda wc, output: str(Path(output.overrides).parent),
         shell:

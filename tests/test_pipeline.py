@@ -3,6 +3,7 @@ of the workflow, including an RL job killed with SIGKILL and resumed from its la
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -48,6 +49,75 @@ def test_bad_config_fails_before_any_job(tmp_path):
     out = _run(["-n", "--configfile", str(tmp_path / "bad.yaml")], ROOT, check=False)
     assert out.returncode != 0
     assert "rl.clip_ratio_c" in out.stdout + out.stderr
+
+
+PAPER_CONFIGS = ("paper-qwen3-4b.yaml", "paper-qwen2.5-7b.yaml")
+
+
+def _job_stats(text: str) -> dict[str, int]:
+    """The "Job stats" table of a dry run: {rule: count}."""
+    table = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[3:]]
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[0] != "total"}
+
+
+@pytest.mark.parametrize("config", PAPER_CONFIGS)
+def test_paper_smoke_plans_every_gpu_stage_small(config):
+    """paper_smoke: SFT, (7B) difficulty rollouts, one RL run per arm, one eval per benchmark, all --smoke."""
+    out = _run(["-n", "paper_smoke", "--configfile", f"config/{config}"], ROOT, timeout=300)
+    stats = _job_stats(out.stdout)
+    assert stats["smoke_sft"] == 1 and stats["smoke_rl"] == 3 and stats["smoke_eval"] == 4, stats
+    assert ("smoke_difficulty" in stats) == ("7b" in config)
+    assert not {"sft", "rl", "eval", "eval_sft", "difficulty_rollouts"} & set(stats)  # nothing at full scale
+    commands = [line for line in out.stdout.splitlines() if "verl overrides" in line]
+    assert len(commands) == sum(v for k, v in stats.items() if k.startswith("smoke_"))
+    assert all("--smoke" in line for line in commands)
+    for exp in ("tools_baseline", "cleaner", "notool"):
+        assert f"paper_smoke/{exp}/rl/final" in out.stdout
+
+
+def _paper_workflow(tmp_path: Path, config: str) -> Path:
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    for name in ("Snakefile", "rules", "envs", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, wd / name)
+    (wd / "src").symlink_to(ROOT / "src")
+    (wd / "config").mkdir()
+    shutil.copy(ROOT / "config" / config, wd / "config" / config)
+    (wd / "config" / "schema.yaml").symlink_to(ROOT / "src" / "cleaner" / "schema" / "config.schema.yaml")
+    return wd
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is not None, reason="this environment can run the GPU jobs")
+def test_gpu_jobs_without_their_environment_stop_before_any_job(tmp_path):
+    """Without --sdm conda/apptainer the GPU rules would run in this (CPU) venv: refused at start, nothing runs."""
+    wd = _paper_workflow(tmp_path, "paper-qwen3-4b.yaml")
+    args = ["--cores", "1", "paper_smoke", "--configfile", "config/paper-qwen3-4b.yaml"]
+    out = _run(args, wd, check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "lacks 'sglang'" in text and "--sdm conda" in text, text[-2000:]
+    assert not (wd / "results").exists()  # no job ran, not even the CPU data jobs
+    out = _run(args + ["--sdm", "apptainer"], wd, check=False)
+    assert out.returncode != 0 and "needs verl.container" in out.stdout + out.stderr
+    # A dry run still plans (CI and scripts/slurm/plan_sbatch.py dry-run the paper configs without --sdm).
+    assert _run(["-n"] + args, wd).returncode == 0
+
+
+def test_rl_jobs_resubmit_with_the_site_walltime():
+    """verl RL jobs: sbatch -t from verl.rl_job_hours and Snakemake retries from verl.rl_job_retries."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    for config in PAPER_CONFIGS:
+        cfg = yaml.safe_load((ROOT / "config" / config).read_text())
+        with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+            wf = api.workflow(resource_settings=ResourceSettings(cores=1),
+                              config_settings=ConfigSettings(configfiles=[ROOT / "config" / config]),
+                              snakefile=ROOT / "Snakefile", workdir=ROOT)
+            rule = wf._workflow.get_rule("rl")
+            assert rule._restart_times == cfg["verl"]["rl_job_retries"] > 0
+            assert rule.resources["runtime"] == cfg["verl"]["rl_job_hours"] * 60
 
 
 @pytest.fixture(scope="module")

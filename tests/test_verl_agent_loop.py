@@ -25,6 +25,7 @@ import torch
 from cleaner.agent import AgentConfig, run_agent_batch
 from cleaner.chat import ChatFormat, tool_call_code
 from cleaner.config import resolve_experiment, validate_config
+from cleaner.engines.verl import AGENT_NAME
 from cleaner.engines.verl.overrides import AGENT_FIELDS, compose_ppo_config, prepare_run, read_overrides
 from cleaner.prompts import tool_schemas
 from cleaner.protocol import format_exec_result, parse_assistant
@@ -49,7 +50,13 @@ CONFIG = {
            "n": N},
     "eval": {"top_p": 0.6, "k": 2},
     "verl": {"request_seed_key": "seed", "n_gpus_per_node": 1, "agent_num_workers": 1},
-    "experiments": {"cleaner": {"saar": {"enabled": True}}, "tools_baseline": {"rl": {"rollout_is_correction": True}}},
+    "experiments": {
+        "cleaner": {"saar": {"enabled": True}},
+        # The paper configs' tools baseline: cleaner_tool_agent with SAAR off (verl.baseline_agent_loop's default).
+        "baseline": {"rl": {"rollout_is_correction": True}},
+        # The optional stock-loop baseline (verl's own tool_agent).
+        "tools_baseline": {"rl": {"rollout_is_correction": True}, "verl": {"baseline_agent_loop": "tool_agent"}},
+    },
 }
 
 
@@ -328,3 +335,87 @@ async def test_loop_refuses_inconsistent_settings(tool_model_dir, tmp_path):
     assert trajectory_seed(0, 1, 2) == trajectory_seed(0, 1, 2) != trajectory_seed(0, 1, 3)
     assert 0 <= trajectory_seed(5, "x", 0) < 2**63
     tool.close()
+
+
+# -- the two arms of the comparison differ only by SAAR ----------------------------------------------------------
+class ScriptedServerManager:
+    """verl's ``LLMServerClient.generate`` returning known tokens: the reply is a function of the conversation so far.
+
+    Turn 1 calls the tool with ``print(a + b)`` for the question's a, b (``print(undefined_name)`` first for
+    questions listed in ``failing``); after a ``NameError`` it calls again with the right code; after a successful
+    call it answers ``\\boxed{a + b}``. Like SGLang it stops after the first requested stop token (kept in the
+    output) and returns log-probs when asked. No sampling, so the proof does not depend on a model's luck.
+    """
+
+    def __init__(self, tokenizer, *, failing: frozenset[int] = frozenset()):
+        self.tok = tokenizer
+        self.fmt = ChatFormat(tokenizer, tool_schemas())
+        self.failing = failing
+        self.requests: list[dict] = []
+
+    def reply(self, prompt_ids: list[int]) -> str:
+        import re
+
+        text = self.fmt.decode(prompt_ids)
+        a, b = (int(x) for x in re.search(r"What is (\d+) \+ (\d+)\?", text).groups())
+        responses = text.split("<tool_response>")[1:]
+        if responses and "NameError" not in responses[-1]:
+            return self.fmt.assistant_text(f"So the answer is \\boxed{{{a + b}}}.", None)
+        code = "print(undefined_name)" if not responses and a in self.failing else f"print({a} + {b})"
+        return self.fmt.assistant_text("Let me compute it.", code)
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+
+        self.requests.append(dict(sampling_params))
+        ids = self.fmt.encode(self.reply(list(prompt_ids)))
+        stops = set(sampling_params.get("stop_token_ids") or ()) | {self.fmt.end_of_turn_id}
+        end = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
+        ids = ids[: min(end, int(sampling_params.get("max_tokens") or len(ids)))]
+        logprobs = [-0.25] * len(ids) if sampling_params.get("logprobs") else None
+        return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason="completed", num_preempted=0,
+                           extra_fields={"global_steps": None})
+
+
+async def run_scripted(model_dir: Path, out_dir: Path, experiment: str, questions: list[str], *, failing=frozenset()):
+    from transformers import AutoTokenizer
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    _, cfg_verl = trainer_config(model_dir, out_dir, experiment)
+    server = ScriptedServerManager(AutoTokenizer.from_pretrained(model_dir), failing=failing)
+    worker = AgentLoopWorker(cfg_verl, server, None, None)
+    try:
+        out = await worker.generate_sequences(batch_of(questions, N, validate=False)[0])
+    finally:
+        for tool in worker.tools:
+            tool.close()
+    return cfg_verl, out
+
+
+async def test_arms_give_token_identical_trajectories_when_no_call_fails(tiny_model_dir, tmp_path):
+    """Tools baseline (SAAR off, rollout log-probs for IS) and CLEANER (SAAR on) through verl's AgentLoopWorker:
+    identical prompt ids, response ids and masks when every call succeeds; a failed call makes them differ."""
+    questions = QUESTIONS[:4]
+    base_cfg, base = await run_scripted(tiny_model_dir, tmp_path / "b", "baseline", questions)
+    clean_cfg, clean = await run_scripted(tiny_model_dir, tmp_path / "c", "cleaner", questions)
+    assert base_cfg.actor_rollout_ref.rollout.agent.default_agent_loop == AGENT_NAME
+    assert clean_cfg.actor_rollout_ref.rollout.agent.default_agent_loop == AGENT_NAME
+    assert (base_cfg.cleaner.saar.enabled, clean_cfg.cleaner.saar.enabled) == (False, True)
+    assert base_cfg.algorithm.rollout_correction.rollout_is == "sequence"  # the reference baseline's IS level
+    for k in range(len(questions) * N):
+        assert unpad(base, k) == unpad(clean, k), k
+        _, response, mask = unpad(clean, k)
+        assert 0 in mask and mask[-1] == 1  # one tool call, then the answer
+        assert clean.non_tensor_batch["cleaner/tool_calls_before"][k] == 1
+    assert clean.non_tensor_batch["cleaner/triggered"].sum() == 0
+    assert "rollout_log_probs" in base.batch.keys() and "rollout_log_probs" not in clean.batch.keys()
+    # Negative control: a failing first call is answered with its error in the baseline and purified by SAAR.
+    failing = frozenset({12})
+    _, base_f = await run_scripted(tiny_model_dir, tmp_path / "bf", "baseline", questions, failing=failing)
+    _, clean_f = await run_scripted(tiny_model_dir, tmp_path / "cf", "cleaner", questions, failing=failing)
+    assert unpad(base_f, 0) != unpad(clean_f, 0) and unpad(clean_f, 0) == unpad(clean, 0)
+    assert base_f.non_tensor_batch["cleaner/tool_failures_after"][0] == 1
+    assert clean_f.non_tensor_batch["cleaner/triggered"][0] == 1
+    assert clean_f.non_tensor_batch["cleaner/tool_failures_after"][0] == 0
+    for k in range(2, len(questions) * N):  # the other questions never fail: identical again
+        assert unpad(base_f, k) == unpad(clean_f, k)

@@ -73,7 +73,9 @@ def test_every_experiment_composes_and_validates(configs, name, tmp_path):
         assert r.multi_turn.enable == (which != "notool")
         # CLEANER arm: no rollout log-probs, no IS correction (CLEANER.md step 6); baseline: IS correction on.
         assert r.calculate_log_probs == (which != "cleaner" and resolved["rl"]["rollout_is_correction"])
-        assert rl.algorithm.rollout_correction.rollout_is == ("token" if r.calculate_log_probs else None)
+        # The reference baseline: sequence-level rollout IS (verl.rollout_is_level).
+        assert rl.algorithm.rollout_correction.rollout_is == (
+            resolved["verl"]["rollout_is_level"] if r.calculate_log_probs else None)
         if r.agent.default_agent_loop == AGENT_NAME:
             assert r.agent.agent_loop_config_path == str(package_file("agent_loops.yaml"))
             assert rl.cleaner.saar.enabled == resolved["saar"]["enabled"]
@@ -122,6 +124,12 @@ def test_recipe_table_rows(configs, tmp_path):
     assert r.name == "sglang" and r.mode == "async"
     assert not r.calculate_log_probs and alg.rollout_correction.rollout_is is None
     assert a.ppo_max_token_len_per_gpu == 2560 + 20480
+    # Reference scripts: fused log-prob/entropy kernels (triton), verl's default max_num_batched_tokens (not set).
+    m = c.actor_rollout_ref.model
+    assert m.use_fused_kernels and m.fused_kernel_options.impl_backend == "triton"
+    assert a.use_fused_kernels  # the actor reads the model's flag (oc.select in verl's config)
+    assert not any(o.startswith("actor_rollout_ref.rollout.max_num_batched_tokens") for o in build_ppo_overrides(
+        cfg, "cleaner", train_files=TRAIN, val_files=VAL, output_dir=tmp_path, model_path="/m"))
     assert c.trainer.rollout_data_dir == str(tmp_path.resolve() / "rollouts")
     # 7B column: lr 1e-6, p = 0.7, avg@32.
     cfg7 = configs["paper_like_7b.yaml"]
@@ -242,3 +250,219 @@ def test_cli_overrides_and_train_without_gpu(tmp_path, capsys):
     assert run("verl", "train", "--overrides", str(out / "overrides.txt"), "--stage", "rl") == 2
     err = capsys.readouterr().err
     assert "needs CUDA GPUs" in err and "Traceback" not in err
+
+
+# -- verl's own dataset + dataloader construction from the composed overrides ---------------------------------------
+EVAL_SPLIT_ROWS = {"aime24": 30, "aime25": 30, "gpqa_diamond": 198, "livecodebench": 175}
+
+
+def _eval_row(split: str, i: int, *, filler: int = 0) -> dict:
+    """One row in the normalised RL/eval schema (cleaner.data.schema), with the real prompt wrappers."""
+    from cleaner.prompts import aime_user_prompt, code_user_prompt, multiple_choice_user_prompt
+
+    problem = f"Problem {i} of {split}: find the value of {i} + {i}." + " more words" * filler
+    if split == "gpqa_diamond":
+        content, ability, source = multiple_choice_user_prompt(problem, ["1", "2", "3", "4"]), "science", split
+    elif split == "livecodebench":
+        content, ability, source = code_user_prompt(problem), "code", split
+    else:
+        content, ability, source = aime_user_prompt(problem), "math", split
+    return {"data_source": source, "prompt": [{"role": "user", "content": content}], "ability": ability,
+            "reward_model": {"style": "rule", "ground_truth": str(2 * i)},
+            "extra_info": {"index": str(i), "source": source, "split": split}, "agent_name": "tool_agent"}
+
+
+def _write_split(path: Path, split: str, n: int, *, long_rows: int = 0) -> Path:
+    from cleaner.data.schema import write_rl_parquet
+
+    rows = [_eval_row(split, i) for i in range(n - long_rows)]
+    rows += [_eval_row(split, i, filler=2000) for i in range(n - long_rows, n)]  # ~20K characters each
+    return write_rl_parquet(rows, path)
+
+
+def _verl_loaders(cfg, tokenizer):
+    """verl's ``RayPPOTrainer._create_dataloader`` on a trainer holding only what it reads (config, tokenizer)."""
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    trainer = RayPPOTrainer.__new__(RayPPOTrainer)
+    trainer.config, trainer.tokenizer, trainer.processor = cfg, tokenizer, None
+    trainer._create_dataloader(None, None, None, None)
+    return trainer
+
+
+PAPER_CONFIGS = ("paper-qwen3-4b.yaml", "paper-qwen2.5-7b.yaml")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_every_eval_split_builds_verl_loaders(name, tiny_tokenizer, tmp_path):
+    """Every eval split at its real size (30, 30, 198, 175 rows) gets a non-empty train loader and its val loader."""
+    cfg = load_config(ROOT / "config" / name)
+    for split, n in EVAL_SPLIT_ROWS.items():
+        data = _write_split(tmp_path / f"{split}.parquet", split, n)
+        run = prepare_run(cfg, "cleaner", "eval", output_dir=tmp_path / split, val_files=[data], model_path="/m")
+        c = compose_ppo_config(run.overrides)
+        validate_ppo_config(c)
+        trainer = _verl_loaders(c, tiny_tokenizer)
+        assert len(trainer.val_dataset) == n and len(trainer.train_dataloader) >= 1, split
+        assert len(trainer.val_dataloader) == 1 and trainer.val_dataloader.batch_size == 256  # none dropped
+        assert c.data.max_prompt_length == cfg["eval"]["max_prompt_tokens"] and not c.data.filter_overlong_prompts
+    tiny = _write_split(tmp_path / "tiny.parquet", "aime24", 3)
+    with pytest.raises(ConfigError, match="tiny.parquet: 3 row"):
+        prepare_run(cfg, "cleaner", "eval", output_dir=tmp_path / "tiny", val_files=[tiny], model_path="/m")
+
+
+def test_difficulty_filter_validates_in_bounded_batches(configs, tiny_tokenizer, tmp_path):
+    """The 7B filter scores every training prompt as validation: batches of verl.val_batch_size, not one batch."""
+    cfg = copy.deepcopy(configs["paper_like_7b.yaml"])
+    cfg["verl"]["val_batch_size"] = 64
+    data = _write_split(tmp_path / "train.parquet", "aime24", 300, long_rows=20)
+    run = prepare_run(cfg, "cleaner", "eval", output_dir=tmp_path / "run", val_files=[data], model_path="/m",
+                      drop_overlong=True)
+    trainer = _verl_loaders(compose_ppo_config(run.overrides), tiny_tokenizer)
+    # The 20 over-long prompts are dropped (RL drops them too); 280 prompts in 5 batches of at most 64.
+    assert len(trainer.val_dataset) == 280 and trainer.val_dataloader.batch_size == 64
+    assert len(trainer.val_dataloader) == 5
+
+
+def test_total_training_steps_derived_after_overlong_filtering(configs, tiny_tokenizer, tmp_path):
+    """verl.derive_total_steps: verl counts the steps of one epoch over the prompts left after filtering."""
+    cfg = copy.deepcopy(configs["paper_like_4b.yaml"])
+    cfg["verl"].update(derive_total_steps=True, keep_checkpoints=3)
+    cfg["rl"].update(batch_prompts=16, mini_batch_prompts=16)
+    train = _write_split(tmp_path / "train.parquet", "aime24", 300, long_rows=40)
+    val = _write_split(tmp_path / "aime25.parquet", "aime25", 30)
+    run = prepare_run(cfg, "cleaner", "rl", output_dir=tmp_path / "rl", train_files=[train], val_files=[val],
+                      model_path="/m")
+    c = compose_ppo_config(run.overrides)
+    assert c.trainer.total_training_steps is None
+    assert c.trainer.max_actor_ckpt_to_keep == 3
+    trainer = _verl_loaders(c, tiny_tokenizer)
+    assert len(trainer.train_dataset) == 260 and trainer.total_training_steps == 260 // 16
+    assert trainer.train_dataset.tool_schemas[0]["function"]["name"] == "code_interpreter"  # counted when filtering
+    assert c.actor_rollout_ref.actor.optim.total_training_steps == 260 // 16  # the lr schedule sees the same count
+    cfg["verl"]["derive_total_steps"] = False  # the constant, as before
+    fixed = compose_ppo_config(build_ppo_overrides(cfg, "cleaner", train_files=[train], val_files=[val],
+                                                   output_dir=tmp_path / "rl2", model_path="/m"))
+    assert fixed.trainer.total_training_steps == cfg["rl"]["steps"]
+
+
+def test_wandb_only_when_asked_and_credentialed(tmp_path):
+    """Paper configs log to the console + a local metrics file; wandb without credentials stops before verl starts."""
+    from cleaner.engines.verl.cli import logging_problem, run_environment
+
+    for name in PAPER_CONFIGS:
+        assert "wandb" not in load_config(ROOT / "config" / name)["verl"]["logger"]
+    plain = ["trainer.logger=[console,file]"]
+    wandb = ["trainer.logger=[console,wandb]"]
+    home = tmp_path / "home"
+    home.mkdir()
+    assert logging_problem(plain, {}, home) is None
+    assert "WANDB_API_KEY" in logging_problem(wandb, {}, home)
+    assert logging_problem(wandb, {"WANDB_API_KEY": "k"}, home) is None
+    assert logging_problem(wandb, {"WANDB_MODE": "offline"}, home) is None
+    (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    assert logging_problem(wandb, {}, home) is None
+    env = run_environment(tmp_path / "run" / "overrides.txt", plain, {"PATH": "/bin"})
+    assert env["VERL_FILE_LOGGER_PATH"] == str(tmp_path.resolve() / "run" / "metrics.jsonl")
+    assert "VERL_FILE_LOGGER_PATH" not in run_environment(tmp_path / "o.txt", wandb, {})
+
+
+def test_notool_arm_prompts_do_not_mention_the_tool(tmp_path):
+    """The no-tool arm's rows lose the tool hint / note; the tool arms' rows keep them (CLI rewrites the copies)."""
+    import pyarrow.parquet as pq
+
+    from cleaner.engines.verl.overrides import loop_neutral_copies
+    from cleaner.prompts import AGENT_NOTE, TOOL_HINT
+
+    rows = {s: _write_split(tmp_path / f"{s}.parquet", s, 4) for s in EVAL_SPLIT_ROWS}
+    tool_text = ("tool", "Tool")
+    for split, path in rows.items():
+        (copy_,) = loop_neutral_copies([path], tmp_path / "notool", tools=False)
+        prompts = [p[0]["content"] for p in pq.read_table(copy_).column("prompt").to_pylist()]
+        assert not any(word in p for p in prompts for word in tool_text), (split, prompts[0])
+        assert all("\\boxed{" in p or "```python" in p for p in prompts)  # the answer format stays
+        (kept,) = loop_neutral_copies([path], tmp_path / "tools", tools=True)
+        original = pq.read_table(kept).column("prompt").to_pylist()[0][0]["content"]
+        assert AGENT_NOTE in original and (TOOL_HINT in original or split == "livecodebench")
+
+
+@pytest.mark.parametrize("stage", ["sft", "rl", "eval"])
+def test_smoke_overrides_compose_and_shrink_the_run(stage, tmp_path):
+    """paper_smoke: each stage composes with verl's config and passes its checks, one step / few rows, one node,
+    the recipe's model lengths and memory settings untouched."""
+    cfg = load_config(ROOT / "config" / "paper-qwen3-4b.yaml")
+    kw = dict(output_dir=tmp_path, model_path="/m")
+    if stage == "sft":
+        run = prepare_run(cfg, None, "sft", train_files=["/d/sft.parquet"], smoke=True, **kw)
+        c = compose_sft_config(run.overrides)
+        assert c.trainer.total_training_steps == 1 and c.trainer.save_freq == 1
+        assert c.data.train_max_samples == cfg["sft"]["batch_size"] and c.data.max_length == cfg["sft"]["max_length"]
+        return
+    exp = "cleaner"
+    full = prepare_run(cfg, exp, stage, train_files=TRAIN, val_files=VAL, **kw).overrides
+    run = prepare_run(cfg, exp, stage, train_files=TRAIN, val_files=VAL, smoke=True, **kw)
+    c = compose_ppo_config(run.overrides)
+    validate_ppo_config(c)
+    assert len({line.lstrip("+").split("=")[0] for line in run.overrides}) == len(run.overrides)  # no duplicates
+    assert c.trainer.nnodes == 1 and c.data.val_max_samples == 4
+    assert c.data.max_response_length == 20480 and c.actor_rollout_ref.rollout.gpu_memory_utilization == 0.8
+    if stage == "rl":
+        assert c.trainer.total_training_steps == 1 and c.trainer.save_freq == 1 and c.trainer.test_freq == -1
+        assert (c.data.train_batch_size, c.data.train_max_samples, c.actor_rollout_ref.rollout.n) == (4, 4, 2)
+    assert set(full) - set(run.overrides) and compose_ppo_config(full).trainer.nnodes == 1
+
+
+def test_probe_checks_on_cpu(tiny_model_dir, tiny_tokenizer):
+    """The first-GPU probe's logic: template check on the testbed tokenizer; stop / seed checks on fake engines."""
+    import random
+
+    from cleaner.chat import ChatFormat
+    from cleaner.engines.verl.probe import run_probe, seed_problem, stop_problem, template_problem
+    from cleaner.prompts import tool_schemas
+
+    assert template_problem(tiny_tokenizer) is None and run_probe(str(tiny_model_dir), engine=False) == 0
+    broken = copy.deepcopy(tiny_tokenizer)
+    broken.chat_template = tiny_tokenizer.chat_template.replace("<tool_response>", "<tool_result>")
+    assert "differ from the chat template" in template_problem(broken)
+    fmt = ChatFormat(tiny_tokenizer, tool_schemas())
+    call = fmt.encode(fmt.assistant_text("Let me compute.", "print(1)"))
+    assert stop_problem(lambda p, s: call, fmt) is None
+    assert "trimmed" in stop_problem(lambda p, s: call[:-1], fmt)
+
+    def engine(prompt, params):  # honours only "sampling_seed", rejects "seed"
+        if "seed" in params:
+            raise TypeError("unexpected keyword 'seed'")
+        rng = random.Random(params.get("sampling_seed"))
+        return [rng.randrange(100) for _ in range(8)]
+
+    assert seed_problem(engine, fmt) == ("sampling_seed", None)
+    key, why = seed_problem(engine, fmt, keys=("seed",))
+    assert key is None and "refused" in why
+
+
+def test_docs_table_names_every_override_key():
+    """docs/verl.md compares every key the builder writes for the paper configs with the reference scripts."""
+    doc = (ROOT / "docs" / "verl.md").read_text()
+    table = doc[doc.index("## The recipe against the reference scripts"):doc.index("## Checked here")]
+    keys = set()
+    for name in PAPER_CONFIGS:
+        cfg = load_config(ROOT / "config" / name)
+        for exp in ("tools_baseline", "cleaner", "notool"):
+            lines = build_ppo_overrides(cfg, exp, train_files=TRAIN, val_files=VAL, output_dir="/r", model_path="/m")
+            lines += build_eval_overrides(cfg, exp, val_files=VAL, output_dir="/r", model_path="/m")
+            keys |= {line.lstrip("+").split("=", 1)[0] for line in lines}
+    missing = sorted(k for k in keys if f"`{k}`" not in table)
+    assert not missing, f"docs/verl.md's recipe table lacks {missing}"
+
+
+def test_experiment_verl_overrides_are_validated(configs, tmp_path):
+    """An experiment may pick the stock loop (verl.baseline_agent_loop); a bad value names the experiment and key."""
+    cfg = copy.deepcopy(configs["paper_like_4b.yaml"])
+    cfg["experiments"]["stock"] = {"rl": {"rollout_is_correction": True}, "verl": {"baseline_agent_loop": "tool_agent"}}
+    c = compose_ppo_config(build_ppo_overrides(cfg, "stock", train_files=TRAIN, val_files=VAL, output_dir=tmp_path,
+                                               model_path="/m"))
+    assert c.actor_rollout_ref.rollout.agent.default_agent_loop == "tool_agent" and "cleaner" not in c
+    cfg["experiments"]["bad"] = {"verl": {"baseline_agent_loop": "nope"}}
+    with pytest.raises(ConfigError, match="experiments.bad: verl.baseline_agent_loop"):
+        build_ppo_overrides(cfg, "bad", train_files=TRAIN, val_files=VAL, output_dir=tmp_path, model_path="/m")

@@ -89,7 +89,9 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-OVERRIDABLE = ("rollout", "saar", "rl", "eval", "peers")
+# verl: per-experiment engine settings (e.g. the stock-loop baseline's verl.baseline_agent_loop); the rules' job
+# resources (nnodes, GPUs, container) come from the base section.
+OVERRIDABLE = ("rollout", "saar", "rl", "eval", "peers", "verl")
 
 
 def resolve_experiment(config: Mapping[str, Any], name: str) -> dict[str, Any]:

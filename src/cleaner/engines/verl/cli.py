@@ -15,16 +15,18 @@ with ``set_defaults(func=...)`` and return the exit code):
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Mapping
 
 from cleaner.config import load_config
 
 EXIT_USAGE = 2
 
-__all__ = ["add_commands", "gpu_problem"]
+__all__ = ["add_commands", "gpu_problem", "logging_problem", "run_environment"]
 
 
 def _override_value(overrides: list[str], key: str) -> str | None:
@@ -49,6 +51,35 @@ def gpu_problem(overrides: list[str], stage: str) -> str | None:
     return None
 
 
+def _loggers(overrides: list[str]) -> list[str]:
+    value = _override_value(overrides, "trainer.logger") or "[console]"
+    return [x.strip().strip("'") for x in value.strip("[]").split(",") if x.strip()]
+
+
+def logging_problem(overrides: list[str], env: Mapping[str, str], home: Path) -> str | None:
+    """Why the run would die at start-up for its loggers (wandb without credentials), or None.
+
+    wandb needs ``WANDB_API_KEY``, a ``wandb login`` entry in ``~/.netrc``, or ``WANDB_MODE=offline|disabled``.
+    """
+    if "wandb" not in _loggers(overrides):
+        return None
+    if env.get("WANDB_API_KEY") or env.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return None
+    netrc = home / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace"):
+        return None
+    return ("trainer.logger includes wandb but no wandb credentials are set (WANDB_API_KEY, `wandb login`) and "
+            "WANDB_MODE is not offline: set one of them, or drop wandb from verl.logger in the config")
+
+
+def run_environment(overrides_path: Path, overrides: list[str], env: Mapping[str, str]) -> dict[str, str]:
+    """The trainer's environment: verl's ``file`` logger writes ``metrics.jsonl`` beside the overrides file."""
+    out = dict(env)
+    if "file" in _loggers(overrides) and "VERL_FILE_LOGGER_PATH" not in out:
+        out["VERL_FILE_LOGGER_PATH"] = str(overrides_path.resolve().parent / "metrics.jsonl")
+    return out
+
+
 def cmd_overrides(args: argparse.Namespace) -> int:
     from cleaner.engines.verl.overrides import prepare_run
 
@@ -62,17 +93,21 @@ def cmd_overrides(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     train_files, val_files = args.train_files, args.val_files
     if args.stage in ("rl", "eval"):
-        # Rows must not name an agent loop, or verl would run it instead of the experiment's (see the helper).
+        # Rows must not name an agent loop, or verl would run it instead of the experiment's (see the helper); the
+        # no-tool arm's prompts lose their tool sentences.
+        from cleaner.config import resolve_experiment, validate_config
         from cleaner.engines.verl.overrides import loop_neutral_copies
 
+        tools = resolve_experiment(validate_config(config), args.experiment)["rollout"]["tools_enabled"]
         if val_files:
-            val_files = loop_neutral_copies(val_files, out_dir / "data" / "val")
+            val_files = loop_neutral_copies(val_files, out_dir / "data" / "val", tools=tools)
         if train_files and args.stage == "rl":
-            train_files = loop_neutral_copies(train_files, out_dir / "data" / "train")
+            train_files = loop_neutral_copies(train_files, out_dir / "data" / "train", tools=tools)
     run = prepare_run(
         config, args.experiment, args.stage, output_dir=out_dir, train_files=train_files,
         val_files=val_files, model_path=args.model_path, seed=args.seed,
-        overrides_name=Path(args.out).name if args.out else "overrides.txt",
+        overrides_name=Path(args.out).name if args.out else "overrides.txt", drop_overlong=args.drop_overlong_prompts,
+        smoke=args.smoke,
     )
     if args.out and Path(args.out).resolve() != run.overrides_path:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -93,11 +128,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
-    problem = gpu_problem(overrides, args.stage)
+    problem = logging_problem(overrides, os.environ, Path.home()) or gpu_problem(overrides, args.stage)
     if problem:
         print(f"cleaner verl train: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    return subprocess.run(cmd, check=False).returncode
+    env = run_environment(Path(args.overrides), overrides, os.environ)
+    return subprocess.run(cmd, check=False, env=env).returncode
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -131,6 +167,12 @@ def cmd_pass_counts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from cleaner.engines.verl.probe import run_probe
+
+    return run_probe(args.model, engine=not args.template_only)
+
+
 def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register ``verl`` with its subcommands on the main CLI's subparsers; returns the ``verl`` parser."""
     verl = subparsers.add_parser(
@@ -152,6 +194,10 @@ def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--seed", type=int, help="rl: default the experiment's first seed; eval: eval.seed")
     p.add_argument("--out", help="overrides file (default OUTPUT_DIR/overrides.txt)")
     p.add_argument("--n-samples", type=int, help="eval: samples per problem instead of eval.k")
+    p.add_argument("--drop-overlong-prompts", action="store_true",
+                   help="eval: let verl drop prompts over the budget instead of failing (difficulty filter)")
+    p.add_argument("--smoke", action="store_true",
+                   help="paper_smoke: one step / a handful of rows on one node, the recipe's model and lengths")
     p.set_defaults(func=cmd_overrides)
 
     p = sub.add_parser("train", help="run verl with an overrides file (GPU nodes only)")
@@ -173,6 +219,11 @@ def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--model", required=True, help="the evaluated model dir (its tokenizer renders prompts)")
     p.add_argument("--out", required=True, help="JSON {uid: passes}")
     p.set_defaults(func=cmd_pass_counts)
+
+    p = sub.add_parser("probe", help="first-GPU checks: chat template, SGLang stop token and per-request seed")
+    p.add_argument("--model", required=True, help="HF model directory or id (e.g. Qwen/Qwen3-4B-Instruct-2507)")
+    p.add_argument("--template-only", action="store_true", help="only the chat-template check (CPU, no SGLang)")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("convert", help="verl FSDP checkpoint -> Hugging Face model directory")
     p.add_argument("checkpoint_dir", help="trainer.default_local_dir, or one global_step_<N>/actor directory")

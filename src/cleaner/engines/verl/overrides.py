@@ -19,7 +19,7 @@ lr                  ``actor.optim.lr`` (rl.lr), ``lr_warmup_steps`` (rl.warmup_s
                     (rl.lr_schedule), ``weight_decay`` (rl.weight_decay), ``actor.grad_clip`` (rl.grad_clip)
 batch               ``data.train_batch_size`` (rl.batch_prompts), ``rollout.n`` (rl.n), ``actor.ppo_mini_batch_size``
                     (rl.mini_batch_prompts), ``actor.ppo_epochs`` (rl.ppo_epochs), ``trainer.total_training_steps``
-                    (rl.steps), ``trainer.total_epochs`` (verl.total_epochs)
+                    (rl.steps, or null = derived by verl with verl.derive_total_steps), ``trainer.total_epochs``
 lengths             ``data.max_prompt_length`` (rollout.max_prompt_tokens), ``data.max_response_length``
                     (rollout.max_response_tokens), ``multi_turn.max_assistant_turns`` (rollout.max_turns)
 sampling            ``rollout.temperature/top_p`` (rollout.*), ``rollout.val_kwargs.top_p/temperature``
@@ -27,14 +27,16 @@ sampling            ``rollout.temperature/top_p`` (rollout.*), ``rollout.val_kwa
 precision           ``actor/ref.fsdp_config.dtype`` + ``mixed_precision.param_dtype``, ``rollout.dtype`` (rl.precision)
 SAAR                ``+cleaner.saar.*`` (saar.*), read by ``cleaner_tool_agent``
 hardware            ``trainer.nnodes/n_gpus_per_node``, ``actor.strategy`` (fsdp2), ``fsdp_config.*_offload``,
-                    ``rollout.name`` (sglang), ``gpu_memory_utilization``, ``tensor_model_parallel_size`` (verl.*)
+                    ``rollout.name`` (sglang), ``gpu_memory_utilization``, ``tensor_model_parallel_size``,
+                    ``model.use_fused_kernels`` (verl.*)
 ==================  ================================================================================
 
 Arms: the CLEANER arm (``saar.enabled``) runs ``cleaner_tool_agent`` with ``rollout.calculate_log_probs=False`` and
-no rollout IS correction (CLEANER.md step 6); the tools baseline (SAAR off) runs verl's stock ``tool_agent`` with
-:class:`cleaner.engines.verl.tool.CodeInterpreterTool` (or ``cleaner_tool_agent`` with SAAR off when
-``verl.baseline_agent_loop`` says so) and token-level rollout IS correction when ``rl.rollout_is_correction``; the
-no-tool arm (``rollout.tools_enabled: false``) runs verl's ``single_turn_agent``. Validation-only evaluation
+no rollout IS correction (CLEANER.md step 6); the tools baseline (SAAR off) runs the same ``cleaner_tool_agent`` with
+SAAR off (``verl.baseline_agent_loop``; ``tool_agent`` = verl's stock loop, an optional experiment) and, when
+``rl.rollout_is_correction``, rollout log-probs with sequence-level IS correction (``verl.rollout_is_level``, the
+reference baseline's); the no-tool arm (``rollout.tools_enabled: false``) runs verl's ``single_turn_agent`` on prompts
+without the tool sentences (:func:`without_tool_text`). Validation-only evaluation
 (:func:`build_eval_overrides`) uses ``cleaner_tool_agent`` with SAAR off for every tool arm, so all arms are scored
 by one code path.
 
@@ -61,7 +63,7 @@ import yaml
 from cleaner.config import ConfigError, resolve_experiment, validate_config
 from cleaner.engines.verl import AGENT_NAME, TOOL_NAME, package_file
 from cleaner.fsutil import atomic_write, write_text_atomic
-from cleaner.prompts import CODE_INTERPRETER_TOOL
+from cleaner.prompts import AGENT_NOTE, BOXED_ANSWER_FORMAT, CODE_INTERPRETER_TOOL, CODE_SUBMIT_NOTE, TOOL_HINT
 
 __all__ = [
     "STAGES",
@@ -73,6 +75,7 @@ __all__ = [
     "compose_ppo_config",
     "compose_sft_config",
     "format_override",
+    "smoke_overrides",
     "hydra_value",
     "ppo_command",
     "prepare_run",
@@ -204,8 +207,12 @@ RAY_CPUS_FROM_SLURM = "${oc.decode:${oc.env:SLURM_CPUS_PER_TASK,${oc.env:SLURM_C
 
 
 def _common_ppo(resolved: Mapping[str, Any], *, model_path: str, output_dir: Path, seed: int, stage: str,
-                agent_loop: str, tools: bool) -> list[str]:
-    """Overrides shared by RL and eval: model, lengths, engine, hardware, reward, tools, logging."""
+                agent_loop: str, tools: bool, drop_overlong: bool) -> list[str]:
+    """Overrides shared by RL and eval: model, lengths, engine, hardware, reward, tools, logging.
+
+    ``drop_overlong``: verl filters out prompts longer than ``rollout.max_prompt_tokens`` (training); otherwise a
+    longer prompt stops the run with verl's error (evaluation: a benchmark problem is never dropped silently).
+    """
     ro, rl, ev, verl = resolved["rollout"], resolved["rl"], resolved["eval"], resolved["verl"]
     prompt_len, response_len = ro["max_prompt_tokens"], ro["max_response_tokens"]
     if ro["max_turn_tokens"] > response_len:
@@ -230,12 +237,15 @@ def _common_ppo(resolved: Mapping[str, Any], *, model_path: str, output_dir: Pat
         format_override("data.max_prompt_length", prompt_len),
         format_override("data.max_response_length", response_len),
         format_override("data.return_raw_chat", True),
-        format_override("data.filter_overlong_prompts", verl["filter_overlong_prompts"]),
+        format_override("data.filter_overlong_prompts", bool(verl["filter_overlong_prompts"] and drop_overlong)),
+        format_override("data.val_batch_size", verl["val_batch_size"]),
         format_override("data.truncation", "error"),
         format_override("data.seed", seed),
         format_override("actor_rollout_ref.model.path", model_path),
         format_override("actor_rollout_ref.model.use_remove_padding", verl["use_remove_padding"]),
         format_override("actor_rollout_ref.model.enable_gradient_checkpointing", verl["gradient_checkpointing"]),
+        format_override("actor_rollout_ref.model.use_fused_kernels", verl["use_fused_kernels"]),
+        format_override("actor_rollout_ref.model.fused_kernel_options.impl_backend", verl["fused_kernel_backend"]),
         format_override(f"{a}.strategy", verl["strategy"]),
         format_override(f"{a}.use_dynamic_bsz", True),
         format_override(f"{a}.ppo_max_token_len_per_gpu", ppo_tokens),
@@ -256,7 +266,6 @@ def _common_ppo(resolved: Mapping[str, Any], *, model_path: str, output_dir: Pat
         format_override(f"{r}.seed", seed),
         format_override(f"{r}.gpu_memory_utilization", verl["gpu_memory_utilization"]),
         format_override(f"{r}.tensor_model_parallel_size", verl["tensor_model_parallel_size"]),
-        format_override(f"{r}.max_num_batched_tokens", verl["max_num_batched_tokens"]),
         format_override(f"{r}.max_num_seqs", verl["max_num_seqs"]),
         format_override(f"{r}.log_prob_max_token_len_per_gpu", logprob_tokens),
         format_override(f"{r}.val_kwargs.temperature", ev["temperature"]),
@@ -288,6 +297,8 @@ def _common_ppo(resolved: Mapping[str, Any], *, model_path: str, output_dir: Pat
         format_override("trainer.default_local_dir", str(output_dir / "checkpoints")),
         format_override("trainer.resume_mode", "auto"),
     ]
+    if verl["max_num_batched_tokens"] is not None:
+        o.append(format_override(f"{r}.max_num_batched_tokens", verl["max_num_batched_tokens"]))
     if tools:
         o += [
             format_override(f"{r}.multi_turn.tool_config_path", str(output_dir / "tool_config.yaml")),
@@ -348,7 +359,7 @@ def build_ppo_overrides(
     is_correction = bool(rl["rollout_is_correction"])
     a = "actor_rollout_ref.actor"
     o = _common_ppo(resolved, model_path=_model_path(resolved, model_path, key="sft_model_path"), output_dir=out,
-                    seed=seed, stage="rl", agent_loop=loop, tools=which != "notool")
+                    seed=seed, stage="rl", agent_loop=loop, tools=which != "notool", drop_overlong=True)
     o += [
         format_override("data.train_files", _files(train_files, "train_files")),
         format_override("data.val_files", _files(val_files, "val_files")),
@@ -381,8 +392,10 @@ def build_ppo_overrides(
         format_override("actor_rollout_ref.rollout.calculate_log_probs", is_correction),
         format_override("actor_rollout_ref.rollout.val_kwargs.n", rl["val_k"]),
         format_override("trainer.total_epochs", verl["total_epochs"]),
-        format_override("trainer.total_training_steps", rl["steps"]),
+        # null: verl counts len(train loader) x total_epochs on the prompts left after over-long ones are filtered
+        format_override("trainer.total_training_steps", None if verl["derive_total_steps"] else rl["steps"]),
         format_override("trainer.save_freq", rl["checkpoint_every"]),
+        format_override("trainer.max_actor_ckpt_to_keep", verl["keep_checkpoints"]),
         format_override("trainer.test_freq", rl["val_every"] if rl["val_every"] > 0 else -1),
         format_override("trainer.val_before_train", rl["val_every"] > 0),
         format_override("trainer.rollout_data_dir", str(out / "rollouts")),
@@ -401,31 +414,40 @@ def build_eval_overrides(
     output_dir: str | os.PathLike,
     model_path: str | os.PathLike,
     seed: int | None = None,
+    drop_overlong: bool = False,
 ) -> list[str]:
     """Hydra overrides for a validation-only ``verl.trainer.main_ppo`` run scoring ``model_path`` (an HF dir).
 
     CLEANER.md protocol: ``eval.k`` samples per problem (``val_kwargs.n``), temperature ``eval.temperature``,
-    top-p ``eval.top_p`` (0.6), the rollout's turn / length limits, with the tool; SAAR off unless
-    ``eval.saar_at_test_time``. Generations go to ``<output_dir>/generations`` (verl's validation dump).
+    top-p ``eval.top_p`` (0.6), the rollout's turn / response limits, with the tool; SAAR off unless
+    ``eval.saar_at_test_time``. Prompts up to ``eval.max_prompt_tokens`` (the reference eval scripts: 4096); a
+    longer one stops the run unless ``drop_overlong`` (the 7B difficulty filter over training prompts, which RL
+    filters at its own budget anyway). Validation batches of ``verl.val_batch_size`` prompts. Generations go to
+    ``<output_dir>/generations`` (verl's validation dump).
     """
-    resolved = _resolved(config, experiment)
-    ev = resolved["eval"]
+    resolved = _eval_resolved(_resolved(config, experiment))
+    ev, verl = resolved["eval"], resolved["verl"]
     which = arm(resolved)
     seed = int(ev["seed"]) if seed is None else seed
     out = Path(output_dir).resolve()
     loop = "single_turn_agent" if which == "notool" else AGENT_NAME
     files = _files(val_files, "val_files")
+    # verl builds a train loader even for val_only runs (batches of train_batch_size, drop_last=True) and asserts
+    # it is not empty: one prompt per GPU is the smallest batch its checks accept (train_batch_size x rollout.n
+    # divisible by the world size), so every split with at least that many rows runs.
+    world = int(verl["nnodes"]) * int(verl["n_gpus_per_node"])
+    _check_rows(files, world, what="eval split")
     o = _common_ppo(resolved, model_path=str(model_path), output_dir=out, seed=seed, stage="eval", agent_loop=loop,
-                    tools=which != "notool")
+                    tools=which != "notool", drop_overlong=drop_overlong)
     o += [
         format_override("data.train_files", files),
         format_override("data.val_files", files),
         format_override("data.val_max_samples", ev["limit"] if ev["limit"] else -1),
-        format_override("data.train_batch_size", resolved["rl"]["batch_prompts"]),
+        format_override("data.train_batch_size", world),
         format_override("actor_rollout_ref.rollout.n", 1),
         format_override("actor_rollout_ref.rollout.calculate_log_probs", False),
         format_override("actor_rollout_ref.rollout.val_kwargs.n", ev["k"]),
-        format_override("actor_rollout_ref.actor.ppo_mini_batch_size", resolved["rl"]["batch_prompts"]),
+        format_override("actor_rollout_ref.actor.ppo_mini_batch_size", world),
         format_override("algorithm.adv_estimator", "grpo"),
         format_override("algorithm.rollout_correction.rollout_is", None),
         format_override("trainer.val_only", True),
@@ -436,6 +458,30 @@ def build_eval_overrides(
     if loop == AGENT_NAME:
         o += _cleaner_block(resolved, seed=seed, mode="eval", saar_enabled=bool(ev["saar_at_test_time"]))
     return o
+
+
+def _eval_resolved(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The experiment with evaluation's prompt budget (``eval.max_prompt_tokens``) as the rollout's."""
+    budget = resolved["eval"].get("max_prompt_tokens")
+    if budget:
+        resolved = copy.deepcopy(resolved)
+        resolved["rollout"]["max_prompt_tokens"] = int(budget)
+    return resolved
+
+
+def _check_rows(files: Sequence[str], minimum: int, *, what: str) -> None:
+    """Refuse (naming the file) parquet files whose rows cannot fill one batch; files not on this machine pass."""
+    import pyarrow.parquet as pq
+
+    present = [f for f in files if Path(f).is_file()]
+    if len(present) != len(files):
+        return
+    rows = sum(pq.read_metadata(f).num_rows for f in present)
+    if rows < minimum:
+        raise ConfigError(
+            f"{what} {', '.join(files)}: {rows} row(s), fewer than the {minimum} GPUs (verl.nnodes x "
+            "n_gpus_per_node); verl's train loader would be empty"
+        )
 
 
 def build_sft_overrides(
@@ -497,6 +543,43 @@ def build_sft_overrides(
     return o
 
 
+# -- paper_smoke: every GPU stage on a handful of rows ---------------------------------------------------------
+SMOKE_SAMPLES = 2  # rollouts per prompt in the smoke RL step (GRPO needs a group) and its difficulty stage
+
+
+def smoke_overrides(overrides: Sequence[str], stage: Stage, *, n_gpus: int) -> list[str]:
+    """``overrides`` shrunk to a smoke run of the same stage on ONE node: one optimiser step (RL, SFT) on one batch
+    of ``n_gpus`` prompts (SFT: one batch), a checkpoint after it (so conversion runs too), one sample of ``n_gpus``
+    problems (eval); the model, lengths, memory and engine settings stay the recipe's, so a broken site, driver,
+    template or memory budget shows up in minutes. Keys already present are replaced in place."""
+    if stage == "sft":
+        changes = {"trainer.total_training_steps": 1, "trainer.save_freq": 1, "trainer.total_epochs": 1,
+                   "trainer.nnodes": 1, "data.train_max_samples": _override_int(overrides, "data.train_batch_size")}
+    elif stage == "rl":
+        changes = {"trainer.total_training_steps": 1, "trainer.save_freq": 1, "trainer.test_freq": -1,
+                   "trainer.val_before_train": False, "trainer.nnodes": 1, "data.train_batch_size": n_gpus,
+                   "data.train_max_samples": n_gpus, "data.val_max_samples": n_gpus,
+                   "actor_rollout_ref.actor.ppo_mini_batch_size": n_gpus,
+                   "actor_rollout_ref.rollout.n": SMOKE_SAMPLES}
+    else:
+        changes = {"trainer.nnodes": 1, "data.val_max_samples": n_gpus}
+    out, seen = [], set()
+    for line in overrides:
+        key = line.lstrip("+").split("=", 1)[0]
+        if key in changes:
+            line, _ = format_override(key, changes[key], add=line.startswith("+")), seen.add(key)
+        out.append(line)
+    return out + [format_override(k, v) for k, v in changes.items() if k not in seen]
+
+
+def _override_int(overrides: Sequence[str], key: str) -> int:
+    for line in overrides:
+        k, sep, v = line.lstrip("+").partition("=")
+        if sep and k == key:
+            return int(v)
+    raise ConfigError(f"override {key} not found")
+
+
 # -- files, commands, composition ------------------------------------------------------------------------
 def tool_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
     """verl tool YAML content for :class:`cleaner.engines.verl.tool.CodeInterpreterTool` with ``rollout.*`` values."""
@@ -552,12 +635,37 @@ class RunFiles:
     overrides: list[str]
 
 
-def loop_neutral_copies(files: Sequence[str | os.PathLike] | str, out_dir: Path) -> list[str]:
+# The no-tool arm's prompts: the reference's no-tool dataset class builds them without the tool hint and the tool
+# note; the answer-format and code-submission sentences that tell the model when to stop calling tools get
+# tool-free wordings of ours.
+NO_TOOL_REWRITES: tuple[tuple[str, str], ...] = (
+    (TOOL_HINT, ""),
+    (AGENT_NOTE, ""),
+    (BOXED_ANSWER_FORMAT, "\nOutput the final answer in the following text format, the answer format must be: "
+                          "\\boxed{'The final answer goes here.'}."),
+    (CODE_SUBMIT_NOTE, "\nOnce you are sure the code is correct, submit it within ```python\n# YOUR CODE HERE\n```."),
+)
+
+
+def without_tool_text(prompt: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A row's prompt messages with every sentence about the tool removed or reworded (no-tool arm)."""
+    out = []
+    for message in prompt:
+        content = str(message["content"])
+        for old, new in NO_TOOL_REWRITES:
+            content = content.replace(old, new)
+        out.append({**message, "content": content})
+    return out
+
+
+def loop_neutral_copies(files: Sequence[str | os.PathLike] | str, out_dir: Path, *, tools: bool = True) -> list[str]:
     """Copies of RL/eval parquets without the ``agent_name`` column, written into ``out_dir``.
 
     verl lets a row's ``agent_name`` override ``default_agent_loop``; our data rows name ``tool_agent``, which would
     silently run the stock loop in the CLEANER arm. Without the column every row runs the experiment's loop.
+    ``tools=False`` (no-tool arm) also rewrites the prompts with :func:`without_tool_text`.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     out: list[str] = []
@@ -567,6 +675,10 @@ def loop_neutral_copies(files: Sequence[str | os.PathLike] | str, out_dir: Path)
         target = out_dir / Path(f).name
         if "agent_name" in table.column_names:
             table = table.drop_columns(["agent_name"])
+        if not tools and "prompt" in table.column_names:
+            prompts = [without_tool_text(p) for p in table.column("prompt").to_pylist()]
+            column = table.column_names.index("prompt")
+            table = table.set_column(column, "prompt", pa.array(prompts, type=table.schema.field("prompt").type))
         atomic_write(target, lambda tmp, table=table: pq.write_table(table, tmp), suffix=".parquet")
         out.append(str(target))
     return out
@@ -583,6 +695,8 @@ def prepare_run(
     model_path: str | os.PathLike | None = None,
     seed: int | None = None,
     overrides_name: str = "overrides.txt",
+    drop_overlong: bool = False,
+    smoke: bool = False,
 ) -> RunFiles:
     """Build the stage's overrides and write them (and the tool config they point at) into ``output_dir``."""
     if stage not in STAGES:
@@ -608,10 +722,13 @@ def prepare_run(
             if model_path is None:
                 raise ConfigError("eval: model_path (the HF checkpoint to score) is required")
             overrides = build_eval_overrides(config, experiment, val_files=val_files, output_dir=out,
-                                             model_path=model_path, seed=seed)
+                                             model_path=model_path, seed=seed, drop_overlong=drop_overlong)
         resolved = _resolved(config, experiment)
         if resolved["rollout"]["tools_enabled"]:
             tool_path = write_tool_config(out / "tool_config.yaml", resolved)
+    if smoke:
+        overrides = smoke_overrides(overrides, stage, n_gpus=int(validate_config(copy.deepcopy(dict(config)))
+                                                                 ["verl"]["n_gpus_per_node"]))
     header = f"verl {stage} overrides for config {config.get('name')!r}" + (
         f", experiment {experiment!r}" if experiment else "") + "\nwritten by cleaner.engines.verl.overrides"
     path = write_overrides(out / overrides_name, overrides, header=header)
