@@ -13,7 +13,6 @@ the same seeds.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -220,36 +219,6 @@ async def test_verl_worker_matches_run_agent(tool_model_dir, tmp_path, validate)
         out.meta_info["reward_extra_keys"])
 
 
-class ScriptedServerManager:
-    """verl's ``LLMServerClient`` interface answering with known text instead of sampling a model.
-
-    Turn 1 of trajectory ``i`` (no ``<tool_response>`` in the prompt yet) is a reasoning line plus a hermes tool call
-    running ``programs[i]``; every later turn is a final answer. Only what the agent loop does with those tokens
-    is under test, so nothing depends on what a tiny model happens to sample.
-    """
-
-    def __init__(self, tok, programs: list[str]):
-        self.tok, self.programs = tok, programs
-        self.eos = tok.convert_tokens_to_ids("<|im_end|>")
-        self.tool_response = tok.convert_tokens_to_ids("<tool_response>")
-        self.requests: list[dict] = []
-
-    def turn_text(self, prompt_ids: list[int]) -> str:
-        if self.tool_response in prompt_ids:
-            return "The interpreter answered, so \\boxed{46}."
-        question = int(re.search(r"Question #(\d+)", self.tok.decode(prompt_ids)).group(1))
-        call = json.dumps({"name": "code_interpreter", "arguments": {"code": self.programs[question]}})
-        return f"Let me run it.\n<tool_call>\n{call}\n</tool_call>"
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
-        from verl.workers.rollout.replica import TokenOutput
-
-        self.requests.append({"request_id": request_id, **sampling_params})
-        ids = self.tok.encode(self.turn_text(list(prompt_ids)), add_special_tokens=False) + [self.eos]
-        return TokenOutput(token_ids=ids, log_probs=[0.0] * len(ids), stop_reason="completed", num_preempted=0,
-                           extra_fields={"global_steps": None})
-
-
 async def test_stock_tool_agent_uses_the_same_interpreter(tool_model_dir, tmp_path):
     """verl's own ``tool_agent`` (the stock loop, kept as an optional arm) runs each call in cleaner.sandbox and
     renders the result exactly as our loop does: a success, a traceback and a middle-truncated long output."""
@@ -263,12 +232,10 @@ async def test_stock_tool_agent_uses_the_same_interpreter(tool_model_dir, tmp_pa
     _, cfg_verl = trainer_config(tool_model_dir, tmp_path, "tools_baseline")
     with open_dict(cfg_verl):
         cfg_verl.actor_rollout_ref.rollout.agent.default_agent_loop = "tool_agent"
-    programs = ["x = 12 + 34\nprint(x)", "print(undefined_name)", "print('ab' * 700)"]
-    questions = [f"Question #{i}: run the program." for i in range(len(programs))]
-    batch, rows = batch_of(questions, 1, validate=False)
+    first_calls = {12: "x = 12 + 34\nprint(x)", 56: "print(undefined_name)", 91: "print('ab' * 700)"}
+    batch, rows = batch_of(QUESTIONS[:3], 1, validate=False)
     tok = AutoTokenizer.from_pretrained(tool_model_dir)
-    server = ScriptedServerManager(tok, programs)
-    worker = AgentLoopWorker(cfg_verl, server, None, None)
+    worker = AgentLoopWorker(cfg_verl, ScriptedServerManager(tok, first_calls=first_calls), None, None)
     try:
         out = await worker.generate_sequences(batch)
     finally:
@@ -279,18 +246,15 @@ async def test_stock_tool_agent_uses_the_same_interpreter(tool_model_dir, tmp_pa
     for k, (i, _) in enumerate(rows):
         _, response, mask = unpad(out, k)
         assert 0 in mask, f"trajectory {k}: verl's tool_agent never answered the call"
-        first_turn = response[: mask.index(0)]
-        call = parse_assistant(tok.decode(first_turn)).call
-        assert call is not None and call.code == programs[i]
+        call = parse_assistant(tok.decode(response[: mask.index(0)])).call
+        assert call is not None and call.code == list(first_calls.values())[i]
         res = run_python(call.code, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb)
         statuses.append(res.status)
         expected = f"<tool_response>\n{format_exec_result(res, max_chars=settings.max_tool_response_chars)}\n"
-        tool_segment = tok.decode(response[mask.index(0):])
-        assert expected in tool_segment
-        assert "\\boxed{46}" in tok.decode(response)  # the loop went on after the tool answered
+        assert expected in tok.decode(response[mask.index(0):])
+        assert f"\\boxed{{{ANSWERS[i]}}}" in tok.decode(response)  # the loop went on after the tool answered
     assert statuses == ["ok", "error", "ok"]
-    assert "46" in format_exec_result(run_python(programs[0], timeout_s=5.0, memory_mb=512), max_chars=256)
-    long_output = format_exec_result(run_python(programs[2], timeout_s=5.0, memory_mb=512), max_chars=256)
+    long_output = format_exec_result(run_python(first_calls[91], timeout_s=5.0, memory_mb=512), max_chars=256)
     assert len(long_output) < 400 and "ab" * 50 in long_output  # truncated in the middle, both ends kept
     assert "rollout_log_probs" in out.batch.keys()  # baseline: rollout IS correction needs rollout log-probs
 
@@ -342,26 +306,27 @@ class ScriptedServerManager:
     """verl's ``LLMServerClient.generate`` returning known tokens: the reply is a function of the conversation so far.
 
     Turn 1 calls the tool with ``print(a + b)`` for the question's a, b (``print(undefined_name)`` first for
-    questions listed in ``failing``); after a ``NameError`` it calls again with the right code; after a successful
+    questions listed in ``failing``, ``first_calls[a]`` where given); after a ``NameError`` it calls again with the right code; after a successful
     call it answers ``\\boxed{a + b}``. Like SGLang it stops after the first requested stop token (kept in the
     output) and returns log-probs when asked. No sampling, so the proof does not depend on a model's luck.
     """
 
-    def __init__(self, tokenizer, *, failing: frozenset[int] = frozenset()):
+    def __init__(self, tokenizer, *, failing: frozenset[int] = frozenset(), first_calls: dict[int, str] | None = None):
         self.tok = tokenizer
         self.fmt = ChatFormat(tokenizer, tool_schemas())
         self.failing = failing
+        self.first_calls = first_calls or {}  # a -> the program of question a's first call
         self.requests: list[dict] = []
 
     def reply(self, prompt_ids: list[int]) -> str:
-        import re
-
         text = self.fmt.decode(prompt_ids)
         a, b = (int(x) for x in re.search(r"What is (\d+) \+ (\d+)\?", text).groups())
         responses = text.split("<tool_response>")[1:]
         if responses and "NameError" not in responses[-1]:
             return self.fmt.assistant_text(f"So the answer is \\boxed{{{a + b}}}.", None)
-        code = "print(undefined_name)" if not responses and a in self.failing else f"print({a} + {b})"
+        code = f"print({a} + {b})"
+        if not responses:
+            code = self.first_calls.get(a, "print(undefined_name)" if a in self.failing else code)
         return self.fmt.assistant_text("Let me compute it.", code)
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
