@@ -186,7 +186,7 @@ def test_argument_validation():
     with pytest.raises(ValueError, match="max_processes"):
         SandboxConfig(max_processes=0)
     with pytest.raises(ValueError, match="absolute"):
-        SandboxConfig(hidden_paths=("relative/dir",))
+        SandboxConfig(readable_paths=("relative/dir",))
 
 
 def test_run_python_one_shot():
@@ -270,7 +270,7 @@ def test_unclosed_sandbox_is_cleaned_at_interpreter_exit(tmp_path: Path):
 def test_full_isolation_layers_as_root(box):
     expected = {
         "pid_namespace", "net_namespace", "mount_namespace", "ipc_namespace", "uts_namespace",
-        "readonly_fs", "hidden_paths", "private_tmp", "uid_drop", "cgroup_memory", "cgroup_pids",
+        "readonly_fs", "private_root", "minimal_dev", "private_tmp", "seccomp", "uid_drop", "cgroup_memory", "cgroup_pids",
         "no_new_privs", "rlimits", "env_cleared", "private_workdir",
     }  # fmt: skip
     result = box.run_sync("import os, socket\nprint(os.getpid(), os.getuid(), socket.gethostname())")
@@ -303,8 +303,11 @@ def test_degraded_mode_without_namespaces_or_cgroups():
 
 
 @needs_root
-def test_unprivileged_fallback_runs_inside_the_sandbox(box):
-    """Run the pool as the sandbox's unprivileged uid: the no-root fallback, exercised for real."""
+def test_unprivileged_fallback_runs_inside_the_sandbox():
+    """Run the pool as the sandbox's unprivileged uid: the no-root fallback, exercised for real.
+
+    The outer sandbox shows this checkout's ``src`` (``readable_paths``) so that the inner one can start.
+    """
     inner = (
         "import json, os\n"
         "from cleaner.sandbox import Sandbox, SandboxConfig\n"
@@ -322,7 +325,9 @@ def test_unprivileged_fallback_runs_inside_the_sandbox(box):
         "    out['error'] = r.error_type\n"
         "print(json.dumps(out))\n"
     )
-    result = box.run_sync(inner, timeout_s=120, memory_mb=2048)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    with Sandbox(workers=1, config=SandboxConfig(preload=(), readable_paths=(src,))) as outer:
+        result = outer.run_sync(inner, timeout_s=120, memory_mb=2048)
     assert result.status == "ok", result.stderr
     out = json.loads(result.stdout)
     status, stdout, isolation = out["ok"]

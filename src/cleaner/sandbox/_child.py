@@ -38,7 +38,6 @@ class ChildPlan:
     stdout_fd: int
     stderr_fd: int
     status_fd: int
-    cgroup_dir_fds: tuple[int, ...]
     uid: int | None
     gid: int | None
     rlimit_as: int | None
@@ -69,8 +68,8 @@ def _set_limit(which: int, value: int, hard_extra: int = 0) -> None:
 def _confine(plan: ChildPlan) -> None:
     os.setsid()
     _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    for dir_fd in plan.cgroup_dir_fds:
-        fd = os.open("cgroup.procs", os.O_WRONLY, dir_fd=dir_fd)
+    if plan.uid is not None:  # the server is exempt from the memory group's OOM killer; the call is not
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, b"0")
         finally:
@@ -202,12 +201,14 @@ def _execute(code: str, main: types.ModuleType, main_pid: int) -> int:
                 os.write(2, f"{type(exc).__name__}\n".encode())
             except OSError:
                 pass
-    try:
-        import threading
-
-        threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads like the interpreter
-    except BaseException:  # noqa: BLE001
-        pass
+    # Join non-daemon threads like the interpreter's exit does, which also looks threading up in
+    # sys.modules only: a program that never imported it started no thread it would wait for.
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]
+        except BaseException:  # noqa: BLE001
+            pass
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()
