@@ -55,6 +55,7 @@ def _libc() -> ctypes.CDLL:
     lib.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     lib.syscall.restype = ctypes.c_long
+    lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return lib
 
 
@@ -96,6 +97,15 @@ def pivot_root(new_root: str, put_old: str) -> None:
         raise OSError(0, f"pivot_root: unknown syscall number on {os.uname().machine}")
     result = _LIBC.syscall(ctypes.c_long(number), os.fsencode(new_root), os.fsencode(put_old))
     _check(int(result), "pivot_root")
+
+
+MADV_HUGEPAGE = 14
+MADV_COLLAPSE = 25  # Linux 6.1
+HUGE_PAGE = 2 << 20
+
+
+def madvise(address: int, length: int, advice: int) -> None:
+    _check(_LIBC.madvise(address, length, advice), f"madvise({advice})")
 
 
 def sethostname(name: str) -> None:
