@@ -197,8 +197,17 @@ def join_cgroups(groups: dict[str, Cgroup], max_processes: int, warnings: list[s
 # ---- per call ------------------------------------------------------------------------------------------
 
 
+RECLAIM_SLACK = 32 * MIB
+
+
 class MemoryLimit:
-    """Per-call limit of the server's memory group: current usage (the server) + the call's budget."""
+    """Per-call limit of the server's memory group: current usage (the server) + the call's budget.
+
+    A call leaves kernel memory charged to the group (dentries of the files it looked at, page cache
+    of what it read); the next call would otherwise meet it as reclaim work at its limit (a runaway
+    allocation then crawls through reclaim instead of being OOM-killed in < 1 s).  So when the usage is
+    more than ``RECLAIM_SLACK`` above the server's own, the group is reclaimed first.
+    """
 
     def __init__(self, group: Cgroup) -> None:
         self.group = group
@@ -206,10 +215,19 @@ class MemoryLimit:
         if group.has("memory.memsw.limit_in_bytes"):  # swap accounting on: limit memory + swap alike
             self.files.append("memory.memsw.limit_in_bytes")
         self.current = -1
+        self.baseline = self.usage()
         self.oom_kills = self.read_oom_kills()
 
+    def usage(self) -> int:
+        return int(self.group.read("memory.usage_in_bytes"))
+
     def set_for_call(self, memory_mb: int | None) -> None:
-        new = -1 if memory_mb is None else int(self.group.read("memory.usage_in_bytes")) + memory_mb * MIB
+        usage = self.usage()
+        if usage > self.baseline + RECLAIM_SLACK:
+            self.group.write("memory.force_empty", "0")  # reclaims what it can; the server's anon stays
+            usage = self.usage()
+            self.baseline = max(self.baseline, usage)  # what is left is the server's own
+        new = -1 if memory_mb is None else usage + memory_mb * MIB
         # memsw must stay >= the memory limit at every step: raise memsw first, lower it last.
         order = self.files if (new != -1 and (self.current == -1 or new < self.current)) else self.files[::-1]
         for filename in order:
