@@ -324,6 +324,39 @@ class Sandbox:
         self.close()
 
 
+# ---- the process's pool ------------------------------------------------------------------------------
+
+DEFAULT_SHARED_WORKERS = 2  # the config schema's sandbox_workers default
+_shared: dict[str, Any] = {"pid": None, "box": None}
+_shared_lock = threading.Lock()
+
+
+def _default_shared_workers() -> int:
+    raw = os.environ.get("CLEANER_SANDBOX_WORKERS", "")
+    if not raw:
+        return DEFAULT_SHARED_WORKERS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"CLEANER_SANDBOX_WORKERS must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def shared_sandbox(workers: int | None = None, *, config: SandboxConfig | None = None) -> Sandbox:
+    """The one long-lived pool of this process, shared by tool calls and code rewards.
+
+    Started on first use with ``workers`` servers (default: ``$CLEANER_SANDBOX_WORKERS``, else 2, the
+    ``sandbox_workers`` default of the config schema) and ``config`` (default ``SandboxConfig()``:
+    numpy and sympy preloaded); later calls get the same pool whatever they pass, so the first user
+    sizes it.  A forked child of the process gets a pool of its own (the parent's servers answer the
+    parent only); a closed pool is replaced.  It closes at interpreter exit like any ``Sandbox``.
+    """
+    with _shared_lock:
+        box = _shared["box"]
+        if _shared["pid"] != os.getpid() or box is None or box.closed:
+            box = Sandbox(workers or _default_shared_workers(), config=config)
+            _shared.update(pid=os.getpid(), box=box)
+        return box
+
+
 def run_python(
     code: str,
     *,
