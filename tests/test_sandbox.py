@@ -238,12 +238,13 @@ def test_close_is_idempotent_and_leaves_nothing_behind():
 
 def test_a_dead_worker_is_replaced(box):
     assert box.run_sync("1").status == "ok"
-    for worker in box._workers:
+    for worker in box._workers + box._plain_workers:
         if worker.proc is not None:
             os.kill(worker.proc.pid, signal.SIGKILL)
             worker.proc.wait()
     results = [box.run_sync(f"{i}", timeout_s=10) for i in range(4)]
-    assert [r.status for r in results] == ["ok"] * 4
+    results += [box.run_sync(f"import numpy\n{i}", timeout_s=10) for i in range(4)]
+    assert [r.status for r in results] == ["ok"] * 8
 
 
 def test_unclosed_sandbox_is_cleaned_at_interpreter_exit(tmp_path: Path):
@@ -336,3 +337,28 @@ def test_unprivileged_fallback_runs_inside_the_sandbox():
     assert out["timeout"] == "timeout"
     assert out["daemon"][0] == "ok" and out["daemon"][1] < 10
     assert out["error"] == "NameError"
+
+
+@pytest.mark.parametrize(
+    ("code", "plain"),
+    [
+        ("print(1)", True),
+        ("import math, itertools\nfrom collections import Counter\nimport os.path as p", True),
+        ("import numpy as np", False),
+        ("from sympy import symbols", False),
+        ("import math, numpy", False),
+        ("x = __import__('numpy')", False),
+        ("import importlib\nimportlib.import_module('sympy')", False),
+        ("  import json  # indented", True),
+    ],
+)
+def test_stdlib_only_calls_go_to_the_plain_template(code, plain):
+    from cleaner.sandbox._pool import imports_only_stdlib
+
+    assert imports_only_stdlib(code) is plain
+
+
+def test_both_templates_give_the_same_answers(box):
+    plain = box.run_sync("import sys\nprint('numpy' in sys.modules, sum(range(10)))")
+    preloaded = box.run_sync("import sys, numpy\nprint('numpy' in sys.modules, int(numpy.arange(10).sum()))")
+    assert (plain.stdout, preloaded.stdout) == ("False 45\n", "True 45\n")  # plain is like a fresh python -c

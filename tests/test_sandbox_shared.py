@@ -64,7 +64,7 @@ class ServerWatch:
 
 
 def _pool_pids(box: Sandbox) -> set[int]:
-    return {w.proc.pid for w in box._workers if w.proc is not None}
+    return {w.proc.pid for w in box._workers + box._plain_workers if w.proc is not None}
 
 
 def test_a_batch_of_code_rewards_uses_the_one_pool():
@@ -83,7 +83,7 @@ def test_a_batch_of_code_rewards_uses_the_one_pool():
     assert scores == async_scores == [1.0, 0.0] * 6
     assert shared_sandbox() is box and not box.closed
     assert watch.seen == _pool_pids(box)  # no pool but the shared one was ever started
-    assert len(watch.seen) == box.workers == 2
+    assert len(watch.seen) == 2 * box.workers == 4  # a preloaded and a plain server per slot
 
 
 def test_the_verl_tool_takes_the_shared_pool_and_leaves_it_open():
