@@ -272,8 +272,10 @@ class CallRunner:
             rlimit_nproc=rlimit_nproc,
             rlimit_fsize=config.max_file_mb * MIB,
             rlimit_nofile=config.max_open_files,
-            env=_child_env(config, workdir),
+            die_with_server=not state.pid_ns,
         )
+        for name in ("HOME", "TMPDIR", "PWD"):  # the rest of the environment was set at start-up
+            os.environ[name] = workdir
 
         start = time.monotonic()
         pid = os.fork()
@@ -453,7 +455,8 @@ def _remove_tree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _child_env(config: SandboxConfig, workdir: str) -> dict[str, str]:
+def child_env(config: SandboxConfig, workdir: str) -> dict[str, str]:
+    """The environment of the code: fixed variables, ``HOME``/``TMPDIR``/``PWD`` = its work dir."""
     env = {
         "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
         "HOME": workdir,

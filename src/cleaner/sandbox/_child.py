@@ -45,7 +45,7 @@ class ChildPlan:
     rlimit_nproc: int | None
     rlimit_fsize: int
     rlimit_nofile: int
-    env: dict[str, str]
+    die_with_server: bool  # PR_SET_PDEATHSIG; a PID namespace already dies with its PID 1, the server
 
 
 def _report(payload: dict) -> None:
@@ -70,19 +70,16 @@ def _confine(plan: ChildPlan) -> None:
     # stalls for milliseconds now and then (p90 3.6 ms here); killpg needs only the group, and there is
     # no terminal to detach from (the server has none).
     os.setpgid(0, 0)
-    _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if plan.die_with_server:
+        _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if plan.uid is not None:  # the server is exempt from the memory group's OOM killer; the call is not
         fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, b"0")
         finally:
             os.close(fd)
-    # Signal dispositions as a fresh interpreter has them (the server may have installed its own).
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
+    # Signal dispositions, the signal mask, no_new_privs and the environment come from the server, which
+    # set them once for its children (see _server.prepare_children): less to do per call.
     os.dup2(plan.stdin_fd, 0)
     os.dup2(plan.stdout_fd, 1)
     os.dup2(plan.stderr_fd, 2)
@@ -108,10 +105,6 @@ def _confine(plan: ChildPlan) -> None:
         os.setresuid(plan.uid, plan.uid, plan.uid)
         if os.getuid() != plan.uid or os.geteuid() != plan.uid:
             raise OSError("privilege drop did not take effect")
-    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
-
-    os.environ.clear()
-    os.environ.update(plan.env)
 
 
 def _fresh_interpreter_state() -> types.ModuleType:

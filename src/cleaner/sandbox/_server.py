@@ -36,7 +36,7 @@ import traceback
 from typing import Any
 
 from . import _cgroups, _fsview, _linux, _namespaces, _seccomp
-from ._call import CallRunner, ServerState, _exit_code, _remove_tree
+from ._call import CallRunner, ServerState, _exit_code, _remove_tree, child_env
 from ._types import HEADER_SIZE, SandboxConfig, decode_body, frame_length, write_frame
 
 # ---- protocol ------------------------------------------------------------------------------------------
@@ -205,6 +205,24 @@ def _init_inner(state: ServerState) -> None:
             state.memory = _cgroups.MemoryLimit(state.cgroups["memory"])
     state.layers += ["process", "process_group", "rlimits", "no_new_privs", "env_cleared", "private_workdir"]
     _load_seccomp(state, rules)
+    prepare_children(state)
+
+
+def prepare_children(state: ServerState) -> None:
+    """What every child needs and inherits: set once here instead of in each child.
+
+    Signal dispositions and mask as a fresh interpreter has them, ``no_new_privs`` (setuid binaries
+    cannot raise privileges; also set by the seccomp filter), and the code's environment, whose
+    ``HOME``/``TMPDIR``/``PWD`` each call points at its work dir.  Nothing the server does later
+    depends on its own environment.
+    """
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    os.environ.clear()
+    os.environ.update(child_env(state.config, state.work_root))
 
 
 def _cleanup_outer(state: ServerState) -> None:
