@@ -227,53 +227,16 @@ class CallRunner:
                 _remove_tree(workdir)
 
     def _run_in(self, workdir: str, fds: list[int]) -> dict[str, Any]:
-        state, req, config = self.state, self.request, self.state.config
-        timeout_s = float(req["timeout_s"])
-        memory_mb = req["memory_mb"]
+        """1) the call's limits and fds  2) fork  3) relay output until exit/timeout/limit  4) verdict."""
+        state, timeout_s = self.state, float(self.request["timeout_s"])
         if state.memory is not None:
-            state.memory.set_for_call(memory_mb)
-
-        if req["stdin_b64"] is None:
-            stdin_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        else:
-            stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
-            data = base64.b64decode(req["stdin_b64"])
-            view = memoryview(data)
-            while view:
-                view = view[os.write(stdin_fd, view) :]
-            os.lseek(stdin_fd, 0, os.SEEK_SET)
-        fds.append(stdin_fd)
+            state.memory.set_for_call(self.request["memory_mb"])
+        stdin_fd = self._stdin(fds)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         st_r, st_w = os.pipe2(os.O_CLOEXEC)
         fds += [out_r, out_w, err_r, err_w, st_r, st_w]
-
-        rlimit_as = None
-        if memory_mb is not None:
-            with open("/proc/self/statm", encoding="ascii") as fh:
-                vsz = int(fh.read().split()[0]) * state.page_size
-            rlimit_as = vsz + memory_mb * MIB
-        rlimit_nproc = None
-        if state.uid is not None:
-            rlimit_nproc = config.max_processes
-        elif os.geteuid() != 0:  # shared uid: allow this many more tasks than the user already has
-            rlimit_nproc = _count_user_tasks(os.getuid()) + config.max_processes
-        plan = _child.ChildPlan(
-            code=req["code"],
-            workdir=workdir,
-            stdin_fd=stdin_fd,
-            stdout_fd=out_w,
-            stderr_fd=err_w,
-            status_fd=st_w,
-            uid=state.uid,
-            gid=state.gid,
-            rlimit_as=rlimit_as,
-            rlimit_cpu=math.ceil(timeout_s) + 1,
-            rlimit_nproc=rlimit_nproc,
-            rlimit_fsize=config.max_file_mb * MIB,
-            rlimit_nofile=config.max_open_files,
-            die_with_server=not state.pid_ns,
-        )
+        plan = self._plan(workdir, stdin_fd, out_w, err_w, st_w)
         for name in ("HOME", "TMPDIR", "PWD"):  # the rest of the environment was set at start-up
             os.environ[name] = workdir
 
@@ -287,18 +250,94 @@ class CallRunner:
             fds.remove(fd)
 
         bufs = {out_r: bytearray(), err_r: bytearray()}
+        timed_out, over_limit = self._supervise(pid, bufs, start + timeout_s, fds)
+        end = time.monotonic()
+        all_dead = self.kill_all()
+        if self.main_status is None:
+            with contextlib.suppress(ChildProcessError):
+                self._main_exited(*os.wait4(pid, 0)[1:])
+        over_limit |= _drain(bufs, self.limit)
+
+        result: dict[str, Any] = {
+            "stdout": bytes(bufs[out_r][: self.limit]).decode("utf-8", "replace"),
+            "stderr": bytes(bufs[err_r][: self.limit]).decode("utf-8", "replace"),
+            "duration_s": round(end - start, 6),
+            "truncated": over_limit,
+            "exit_code": _exit_code(self.main_status),
+            "error_type": None,
+        }
+        report = _read_status(st_r)
+        oom_killed = state.memory is not None and state.memory.oom_killed_since_last_call()
+        if not all_dead:
+            result.update(status="sandbox_error")
+            result["stderr"] += "\n[sandbox] could not kill every process of the call"
+        elif "sandbox_error" in report:
+            result.update(status="sandbox_error")
+            result["stderr"] += "\n[sandbox] " + str(report["sandbox_error"])
+        elif timed_out:
+            result.update(status="timeout")
+        elif over_limit:
+            result.update(status="output_limit")
+        else:
+            cpu_limit_hit = self.main_cpu_s >= plan.rlimit_cpu - 0.05
+            result.update(_verdict(self.main_status, report, oom_killed, cpu_limit_hit))
+        return result
+
+    def _stdin(self, fds: list[int]) -> int:
+        """The call's stdin: /dev/null, or a memfd holding the request's bytes (no pipe to keep fed)."""
+        if self.request["stdin_b64"] is None:
+            fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+            view = memoryview(base64.b64decode(self.request["stdin_b64"]))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.lseek(fd, 0, os.SEEK_SET)
+        fds.append(fd)
+        return fd
+
+    def _plan(self, workdir: str, stdin_fd: int, out_w: int, err_w: int, st_w: int) -> _child.ChildPlan:
+        state, config, memory_mb = self.state, self.state.config, self.request["memory_mb"]
+        rlimit_as = None
+        if memory_mb is not None:
+            with open("/proc/self/statm", encoding="ascii") as fh:
+                vsz = int(fh.read().split()[0]) * state.page_size
+            rlimit_as = vsz + memory_mb * MIB
+        rlimit_nproc = None
+        if state.uid is not None:
+            rlimit_nproc = config.max_processes
+        elif os.geteuid() != 0:  # shared uid: allow this many more tasks than the user already has
+            rlimit_nproc = _count_user_tasks(os.getuid()) + config.max_processes
+        return _child.ChildPlan(
+            code=self.request["code"],
+            workdir=workdir,
+            stdin_fd=stdin_fd,
+            stdout_fd=out_w,
+            stderr_fd=err_w,
+            status_fd=st_w,
+            uid=state.uid,
+            gid=state.gid,
+            rlimit_as=rlimit_as,
+            rlimit_cpu=math.ceil(float(self.request["timeout_s"])) + 1,
+            rlimit_nproc=rlimit_nproc,
+            rlimit_fsize=config.max_file_mb * MIB,
+            rlimit_nofile=config.max_open_files,
+            die_with_server=not state.pid_ns,
+        )
+
+    def _supervise(self, pid: int, bufs: dict[int, bytearray], deadline: float, fds: list[int]) -> tuple[bool, bool]:
+        """Collect output until the main process exits; returns (timed out, over the output limit)."""
         timed_out = over_limit = main_done = False
         try:
             pidfd: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):  # kernel < 5.3: poll the exit status every few ms instead
             pidfd = None
         poller = select.poll()
-        for fd in (out_r, err_r):
+        for fd in bufs:
             poller.register(fd, select.POLLIN)
         if pidfd is not None:
             fds.append(pidfd)
             poller.register(pidfd, select.POLLIN)
-        deadline = start + timeout_s
         while not main_done and not over_limit:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -321,42 +360,9 @@ class CallRunner:
                 if waited:
                     self._main_exited(status, usage)
                     main_done = True
-                    break
         if main_done and self.main_status is None:
             self._main_exited(*os.wait4(pid, 0)[1:])
-        end = time.monotonic()
-        all_dead = self.kill_all()
-        if self.main_status is None:
-            with contextlib.suppress(ChildProcessError):
-                self._main_exited(*os.wait4(pid, 0)[1:])
-        over_limit |= _drain(bufs, self.limit)
-        report = _read_status(st_r)
-        oom_killed = state.memory is not None and state.memory.oom_killed_since_last_call()
-
-        stdout = bytes(bufs[out_r][: self.limit]).decode("utf-8", "replace")
-        stderr = bytes(bufs[err_r][: self.limit]).decode("utf-8", "replace")
-        result: dict[str, Any] = {
-            "stdout": stdout,
-            "stderr": stderr,
-            "duration_s": round(end - start, 6),
-            "truncated": over_limit,
-            "exit_code": _exit_code(self.main_status),
-            "error_type": None,
-        }
-        if not all_dead:
-            result.update(status="sandbox_error")
-            result["stderr"] += "\n[sandbox] could not kill every process of the call"
-        elif "sandbox_error" in report:
-            result.update(status="sandbox_error")
-            result["stderr"] += "\n[sandbox] " + str(report["sandbox_error"])
-        elif timed_out:
-            result.update(status="timeout")
-        elif over_limit:
-            result.update(status="output_limit")
-        else:
-            cpu_limit_hit = self.main_cpu_s >= plan.rlimit_cpu - 0.05
-            result.update(_verdict(self.main_status, report, oom_killed, cpu_limit_hit))
-        return result
+        return timed_out, over_limit
 
 
 def _exit_code(status: int | None) -> int | None:
