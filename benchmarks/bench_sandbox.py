@@ -116,7 +116,8 @@ def fresh_calls(program: str, calls: int) -> int:
 
 async def run_round(rnd: int, box: Sandbox, args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
-    for name, (code, flag) in PROGRAMS.items():
+    for name in args.programs:
+        code, flag = PROGRAMS[name]
         latencies, wall = bench_fresh(code, flag, fresh_calls(name, args.calls), args.workers)
         rows.append(_row(rnd, f"fresh python {flag} -c", name, args.workers, latencies, wall))
         if args.one_shot:
@@ -133,7 +134,7 @@ async def run_round(rnd: int, box: Sandbox, args: argparse.Namespace) -> list[Ro
 def ratios(rows: list[Row], workers: int) -> dict[str, list[float]]:
     """Per program, pool calls/s over fresh-interpreter calls/s at equal concurrency, one per round."""
     out: dict[str, list[float]] = {}
-    for name in PROGRAMS:
+    for name in dict.fromkeys(r.program for r in rows):
         for rnd in sorted({r.round for r in rows}):
             fresh = next(r for r in rows if r.round == rnd and r.program == name and r.mode.startswith("fresh"))
             pool = next(r for r in rows if r.round == rnd and r.program == name and r.mode.startswith("Sandbox")
@@ -167,7 +168,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Row], dict[str, object
     start = time.perf_counter()
     async with Sandbox(workers=args.workers, config=SandboxConfig()) as box:
         await asyncio.gather(*(box.run("pass") for _ in range(args.workers)))
-        await asyncio.gather(*(box.run("import numpy") for _ in range(args.workers)))
+        await asyncio.gather(*(box.run("import numpy") for _ in range(args.workers)))  # both templates up
         info: dict[str, object] = {"startup_s": time.perf_counter() - start, "isolation": list(box.isolation),
                                    "warnings": list(box.warnings)}  # fmt: skip
         rows: list[Row] = []
@@ -182,10 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="pool servers = calls in flight (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions of every measurement (default 3)")
     parser.add_argument("--one-shot", action="store_true", help="also measure run_python (a server per call)")
+    parser.add_argument("--programs", default=",".join(PROGRAMS), help=f"comma-separated subset of {list(PROGRAMS)}")
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this path (atomically)")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.workers < 1 or args.rounds < 1:
         parser.error("--calls, --workers and --rounds must be positive")
+    args.programs = [p for p in args.programs.split(",") if p]
+    unknown = sorted(set(args.programs) - set(PROGRAMS))
+    if unknown or not args.programs:
+        parser.error(f"--programs: unknown {unknown}; known: {list(PROGRAMS)}")
 
     load_before = os.getloadavg()[0]
     rows, info = asyncio.run(run_all(args))
