@@ -86,6 +86,15 @@ def test_errors_report_the_exception_class_and_traceback(box, code, error_type, 
     assert result.exit_code == (3 if error_type == "SystemExit" else 1)
 
 
+def test_std_streams_are_like_python_c_with_pipes(box):
+    code = (
+        "import sys\nprint(sys.stdin.seekable(), sys.stdout.seekable(), sys.stderr.seekable(),"
+        " [s.fileno() for s in (sys.stdin, sys.stdout, sys.stderr)], sys.stdout.line_buffering)"
+    )
+    result = box.run_sync(code, timeout_s=5)
+    assert result.stdout == "True False False [0, 1, 2] True\n"  # stdin /dev/null, stdout/stderr pipes
+
+
 def test_exit_zero_with_stderr_is_ok_and_sys_exit_message(box):
     warn = box.run_sync("import sys\nprint('careful', file=sys.stderr)\nprint('done')", timeout_s=5)
     assert (warn.status, warn.stdout, warn.stderr) == ("ok", "done\n", "careful\n")

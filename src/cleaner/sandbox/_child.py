@@ -107,24 +107,58 @@ def _confine(plan: ChildPlan) -> None:
             raise OSError("privilege drop did not take effect")
 
 
-def _fresh_interpreter_state() -> types.ModuleType:
-    """Reset what a fresh ``python -c`` would have differently from the forked template."""
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+def _new_streams() -> tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper]:
+    """stdin, stdout, stderr over fds 0, 1, 2 as the child will have them (line buffering keeps the
+    output printed before a timeout kill visible to the model)."""
+    stdin = io.TextIOWrapper(
         io.BufferedReader(io.FileIO(0, "rb", closefd=False)), encoding="utf-8", errors="surrogateescape"
     )
-    # Line buffering keeps the output printed before a timeout kill visible to the model.
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+    stdout = io.TextIOWrapper(
         io.BufferedWriter(io.FileIO(1, "wb", closefd=False)),
         encoding="utf-8",
         errors="surrogateescape",
         line_buffering=True,
     )
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+    stderr = io.TextIOWrapper(
         io.BufferedWriter(io.FileIO(2, "wb", closefd=False)),
         encoding="utf-8",
         errors="backslashreplace",
         line_buffering=True,
     )
+    return stdin, stdout, stderr
+
+
+_PREBUILT: list[io.TextIOWrapper] = []
+
+
+def prebuild_streams() -> None:
+    """Build the child's std streams once, in the server (saves each child ~0.2 ms).
+
+    The objects only name fds 0-2 and cache whether each is seekable, so they are built while 0 is
+    seekable (``/dev/null``; a call's stdin is ``/dev/null`` or a memfd) and 1 and 2 are a pipe (a call's
+    stdout and stderr are pipes); the server never writes through them, so every child inherits them empty.
+    """
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(null, 0)
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        _PREBUILT[:] = _new_streams()
+    finally:
+        for fd, copy in zip((0, 1, 2), saved):
+            os.dup2(copy, fd)
+        for fd in (*saved, read_end, write_end, null):
+            os.close(fd)
+
+
+def _fresh_interpreter_state() -> types.ModuleType:
+    """Reset what a fresh ``python -c`` would have differently from the forked template."""
+    stdin, stdout, stderr = _PREBUILT or _new_streams()
+    sys.stdin = sys.__stdin__ = stdin
+    sys.stdout = sys.__stdout__ = stdout
+    sys.stderr = sys.__stderr__ = stderr
     sys.argv = ["-c"]
     sys.path[0:1] = [""]
     sys.dont_write_bytecode = True

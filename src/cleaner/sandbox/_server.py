@@ -35,7 +35,7 @@ import tempfile
 import traceback
 from typing import Any
 
-from . import _cgroups, _fsview, _linux, _namespaces, _seccomp
+from . import _cgroups, _child, _fsview, _linux, _namespaces, _seccomp
 from ._call import CallRunner, ServerState, _exit_code, _remove_tree, child_env
 from ._types import HEADER_SIZE, SandboxConfig, decode_body, frame_length, write_frame
 
@@ -184,7 +184,7 @@ def _init_inner(state: ServerState) -> None:
     """Setup inside the namespaces (in the PID-1 server when there is a PID namespace)."""
     config = state.config
     _preload(config, state.warnings)
-    if not huge_page_template():
+    if not huge_page_template() and config.preload:
         state.warnings.append("no transparent huge pages for the template (Linux >= 6.1, THP madvise): forks are slower")
     rules = _build_seccomp(state)
     _build_filesystem_view(state)
@@ -212,9 +212,9 @@ def prepare_children(state: ServerState) -> None:
     """What every child needs and inherits: set once here instead of in each child.
 
     Signal dispositions and mask as a fresh interpreter has them, ``no_new_privs`` (setuid binaries
-    cannot raise privileges; also set by the seccomp filter), and the code's environment, whose
-    ``HOME``/``TMPDIR``/``PWD`` each call points at its work dir.  Nothing the server does later
-    depends on its own environment.
+    cannot raise privileges; also set by the seccomp filter), the code's environment, whose
+    ``HOME``/``TMPDIR``/``PWD`` each call points at its work dir (nothing the server does later depends on
+    its own environment), and the std stream objects (:func:`._child.prebuild_streams`).
     """
     for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
@@ -223,6 +223,7 @@ def prepare_children(state: ServerState) -> None:
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     os.environ.clear()
     os.environ.update(child_env(state.config, state.work_root))
+    _child.prebuild_streams()
 
 
 def _cleanup_outer(state: ServerState) -> None:
