@@ -203,7 +203,7 @@ class CallRunner:
     def _workdir(self) -> str:
         state = self.state
         state.seq += 1
-        path = os.path.join(state.work_root, f"run-{state.seq}")
+        path = os.path.join(state.work_root, f"run-{state.owner_pid}-{state.seq}")  # unique across servers
         os.mkdir(path, 0o700)
         if state.uid is not None:
             os.chown(path, state.uid, state.gid)  # type: ignore[arg-type]

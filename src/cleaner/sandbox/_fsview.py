@@ -17,7 +17,7 @@ exposed paths           read-only, ``nosuid``, ``nodev`` bind mounts of: the sta
                         ``urandom`` bound in, ``fd``/``stdin``/``stdout``/``stderr`` links and ``shm``
 ``/proc``               the server's PID namespace, ``hidepid=2`` (the server itself is invisible)
 ``/tmp``, ``/dev/shm``  writable tmpfs of ``max_file_mb`` each, emptied after every call; the per-call
-                        work directory is ``/tmp/run-<n>``
+                        work directory is ``/tmp/run-<server>-<n>``
 ======================  =================================================================================
 
 Everything else of the host (the checkout with its sources, tests and results, ``/root``, ``/home``,
