@@ -343,6 +343,7 @@ def test_unprivileged_fallback_runs_inside_the_sandbox():
     status, stdout, isolation = out["ok"]
     assert (status, stdout) == ("ok", "2\n")
     assert "uid_drop" not in isolation and "pid_namespace" not in isolation and "subreaper" in isolation
+    assert "seccomp" in isolation  # no privilege needed with no_new_privs
     assert out["timeout"] == "timeout"
     assert out["daemon"][0] == "ok" and out["daemon"][1] < 10
     assert out["error"] == "NameError"
