@@ -86,6 +86,15 @@ def test_errors_report_the_exception_class_and_traceback(box, code, error_type, 
     assert result.exit_code == (3 if error_type == "SystemExit" else 1)
 
 
+def test_std_streams_are_like_python_c_with_pipes(box):
+    code = (
+        "import sys\nprint(sys.stdin.seekable(), sys.stdout.seekable(), sys.stderr.seekable(),"
+        " [s.fileno() for s in (sys.stdin, sys.stdout, sys.stderr)], sys.stdout.line_buffering)"
+    )
+    result = box.run_sync(code, timeout_s=5)
+    assert result.stdout == "True False False [0, 1, 2] True\n"  # stdin /dev/null, stdout/stderr pipes
+
+
 def test_exit_zero_with_stderr_is_ok_and_sys_exit_message(box):
     warn = box.run_sync("import sys\nprint('careful', file=sys.stderr)\nprint('done')", timeout_s=5)
     assert (warn.status, warn.stdout, warn.stderr) == ("ok", "done\n", "careful\n")
@@ -186,7 +195,7 @@ def test_argument_validation():
     with pytest.raises(ValueError, match="max_processes"):
         SandboxConfig(max_processes=0)
     with pytest.raises(ValueError, match="absolute"):
-        SandboxConfig(hidden_paths=("relative/dir",))
+        SandboxConfig(readable_paths=("relative/dir",))
 
 
 def test_run_python_one_shot():
@@ -238,12 +247,13 @@ def test_close_is_idempotent_and_leaves_nothing_behind():
 
 def test_a_dead_worker_is_replaced(box):
     assert box.run_sync("1").status == "ok"
-    for worker in box._workers:
+    for worker in box._workers + box._plain_workers:
         if worker.proc is not None:
             os.kill(worker.proc.pid, signal.SIGKILL)
             worker.proc.wait()
     results = [box.run_sync(f"{i}", timeout_s=10) for i in range(4)]
-    assert [r.status for r in results] == ["ok"] * 4
+    results += [box.run_sync(f"import numpy\n{i}", timeout_s=10) for i in range(4)]
+    assert [r.status for r in results] == ["ok"] * 8
 
 
 def test_unclosed_sandbox_is_cleaned_at_interpreter_exit(tmp_path: Path):
@@ -270,7 +280,7 @@ def test_unclosed_sandbox_is_cleaned_at_interpreter_exit(tmp_path: Path):
 def test_full_isolation_layers_as_root(box):
     expected = {
         "pid_namespace", "net_namespace", "mount_namespace", "ipc_namespace", "uts_namespace",
-        "readonly_fs", "hidden_paths", "private_tmp", "uid_drop", "cgroup_memory", "cgroup_pids",
+        "readonly_fs", "private_root", "minimal_dev", "private_tmp", "seccomp", "uid_drop", "cgroup_memory", "cgroup_pids",
         "no_new_privs", "rlimits", "env_cleared", "private_workdir",
     }  # fmt: skip
     result = box.run_sync("import os, socket\nprint(os.getpid(), os.getuid(), socket.gethostname())")
@@ -303,8 +313,11 @@ def test_degraded_mode_without_namespaces_or_cgroups():
 
 
 @needs_root
-def test_unprivileged_fallback_runs_inside_the_sandbox(box):
-    """Run the pool as the sandbox's unprivileged uid: the no-root fallback, exercised for real."""
+def test_unprivileged_fallback_runs_inside_the_sandbox():
+    """Run the pool as the sandbox's unprivileged uid: the no-root fallback, exercised for real.
+
+    The outer sandbox shows this checkout's ``src`` (``readable_paths``) so that the inner one can start.
+    """
     inner = (
         "import json, os\n"
         "from cleaner.sandbox import Sandbox, SandboxConfig\n"
@@ -322,12 +335,40 @@ def test_unprivileged_fallback_runs_inside_the_sandbox(box):
         "    out['error'] = r.error_type\n"
         "print(json.dumps(out))\n"
     )
-    result = box.run_sync(inner, timeout_s=120, memory_mb=2048)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    with Sandbox(workers=1, config=SandboxConfig(preload=(), readable_paths=(src,))) as outer:
+        result = outer.run_sync(inner, timeout_s=120, memory_mb=2048)
     assert result.status == "ok", result.stderr
     out = json.loads(result.stdout)
     status, stdout, isolation = out["ok"]
     assert (status, stdout) == ("ok", "2\n")
     assert "uid_drop" not in isolation and "pid_namespace" not in isolation and "subreaper" in isolation
+    assert "seccomp" in isolation  # no privilege needed with no_new_privs
     assert out["timeout"] == "timeout"
     assert out["daemon"][0] == "ok" and out["daemon"][1] < 10
     assert out["error"] == "NameError"
+
+
+@pytest.mark.parametrize(
+    ("code", "plain"),
+    [
+        ("print(1)", True),
+        ("import math, itertools\nfrom collections import Counter\nimport os.path as p", True),
+        ("import numpy as np", False),
+        ("from sympy import symbols", False),
+        ("import math, numpy", False),
+        ("x = __import__('numpy')", False),
+        ("import importlib\nimportlib.import_module('sympy')", False),
+        ("  import json  # indented", True),
+    ],
+)
+def test_stdlib_only_calls_go_to_the_plain_template(code, plain):
+    from cleaner.sandbox._pool import imports_only_stdlib
+
+    assert imports_only_stdlib(code) is plain
+
+
+def test_both_templates_give_the_same_answers(box):
+    plain = box.run_sync("import sys\nprint('numpy' in sys.modules, sum(range(10)))")
+    preloaded = box.run_sync("import sys, numpy\nprint('numpy' in sys.modules, int(numpy.arange(10).sum()))")
+    assert (plain.stdout, preloaded.stdout) == ("False 45\n", "True 45\n")  # plain is like a fresh python -c

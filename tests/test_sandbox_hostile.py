@@ -9,12 +9,15 @@ they are unavailable.
 from __future__ import annotations
 
 import os
+import site
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +28,23 @@ SECRET = f"cleaner-secret-{uuid.uuid4().hex}"
 MARK = f"cleaner-hostile-{uuid.uuid4().hex}"
 # Places a sandboxed program must not be able to write (the host view of them is checked afterwards).
 OUTSIDE = ["/tmp", "/var/tmp", "/dev/shm", os.getcwd(), os.path.expanduser("~")]
+# Trees of ours the code must not see, by any path: this checkout (sources, tests, README, results/)
+# and the main checkout whose venv the sandbox runs (only its site-packages and pyvenv.cfg are shown).
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+VENV = sys.prefix
+SITE_PACKAGES = tuple(site.getsitepackages())
+OURS = tuple(dict.fromkeys([CHECKOUT, os.path.dirname(VENV.rstrip("/")), "/work"]))
+SECRET_FILES = [
+    os.path.join(CHECKOUT, "README.md"),
+    os.path.join(CHECKOUT, "tests", "test_sandbox_hostile.py"),
+    os.path.join(os.path.dirname(VENV.rstrip("/")), "README.md"),
+    os.path.join(VENV, "bin", "activate"),
+    "/root/.bashrc",
+    "/etc/passwd",
+    "/etc/hostname",
+    "/proc/1/environ",
+]
+ALLOWED_DEV = {"null", "zero", "full", "random", "urandom", "shm", "fd", "stdin", "stdout", "stderr"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,7 @@ class Hostile:
     max_duration_s: float | None = None
     fast_only_with_cgroups: bool = False  # RLIMIT_AS alone takes seconds to stop runaway growth
     stdout_contains: str | None = None
+    # Probes print "LEAK <what>" for each thing they reached that the sandbox must hide.
 
 
 def _programs(test_pid: int, tcp_port: int, unix_path: str, abstract_name: str) -> list[Hostile]:
@@ -47,6 +68,92 @@ def _programs(test_pid: int, tcp_port: int, unix_path: str, abstract_name: str) 
         f"try:\n    open({os.path.join(d, MARK)!r}, 'w').write('pwned')\n    print('WROTE', {d!r})\nexcept OSError:\n    pass"
         for d in OUTSIDE
     )
+    return [*_view_probes(), *_resource_programs(writes, test_pid, tcp_port, unix_path, abstract_name)]
+
+
+def _view_probes() -> list[Hostile]:
+    """The filesystem view: nothing of ours by any path (absolute, .., /proc/<pid>/cwd|root, symlinks)."""
+    read_any = (
+        "import os\n"
+        "def probe(path):\n"
+        "    try:\n"
+        "        if os.path.isdir(path):\n"
+        "            names = os.listdir(path)\n"
+        "            print('LEAK', path, names[:5])\n"
+        "        else:\n"
+        "            with open(path, 'rb') as fh:\n"
+        "                fh.read(64)\n"
+        "            print('LEAK', path)\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    files = repr(SECRET_FILES)
+    trees = repr([os.path.join(CHECKOUT, "results"), os.path.join(CHECKOUT, "src"), os.path.join(CHECKOUT, "tests")])
+    return [
+        Hostile(
+            "read_our_files_by_absolute_path",
+            read_any + f"for p in {files} + {trees}:\n    probe(p)\nprint('probed')",
+            ("ok",), needs_root=True, stdout_contains="probed",
+        ),
+        Hostile(
+            "walk_up_with_dotdot",
+            read_any + "rel = '../' * 12\n"
+            f"for p in {files}:\n    probe(rel + p.lstrip('/'))\n"
+            f"probe(rel + {CHECKOUT!r}.lstrip('/'))\nos.chdir(rel)\nprint('at', os.getcwd(), sorted(os.listdir('.')))",
+            ("ok",), needs_root=True, stdout_contains="at /",
+        ),
+        Hostile(
+            "walk_the_whole_view",
+            "import os\ncount = 0\n"
+            "for top, dirs, names in os.walk('/'):\n"
+            "    if top in ('/proc', '/dev'):\n        dirs[:] = []\n        continue\n"
+            "    for name in names:\n        count += 1\n        path = os.path.join(top, name)\n"
+            f"        if path.startswith({OURS!r}) and not path.startswith({SITE_PACKAGES!r})"
+            f" and path not in ({os.path.join(VENV, 'pyvenv.cfg')!r},) and not path.startswith({os.path.join(VENV, 'bin', 'python')!r}):\n"
+            "            print('LEAK', path)\n"
+            "print('files', count)",
+            ("ok",), needs_root=True, stdout_contains="files ", timeout_s=30.0, max_output_bytes=100_000,
+        ),
+        Hostile(
+            "escape_through_proc_cwd_and_root",
+            read_any + "for pid in [p for p in os.listdir('/proc') if p.isdigit()] + ['self', 'thread-self']:\n"
+            "    for link in ('cwd', 'root'):\n"
+            f"        for p in {files}:\n            probe(f'/proc/{{pid}}/{{link}}' + p)\n"
+            f"        probe(f'/proc/{{pid}}/{{link}}' + {CHECKOUT!r})\n"
+            "print('pids', sorted(os.listdir('/proc'), key=str)[:3], os.path.exists('/proc/1'))",
+            ("ok",), needs_root=True, stdout_contains="pids",
+        ),
+        Hostile(
+            "escape_through_symlinks",
+            read_any + f"os.symlink({CHECKOUT!r}, 'checkout')\nos.symlink('/', 'root')\n"
+            f"os.symlink({SECRET_FILES[0]!r}, 'readme')\n"
+            f"probe('checkout/README.md')\nprobe('readme')\nprobe('root' + {CHECKOUT!r})\n"
+            "for target in ('/proc/1/cwd', '/proc/1/root'):\n    try:\n        print('link', os.readlink(target))\n    except OSError:\n        pass\n"
+            "print('linked')",
+            ("ok",), needs_root=True, stdout_contains="linked",
+        ),
+        Hostile(
+            "host_devices_and_trees",
+            read_any + "extra = sorted(set(os.listdir('/dev')) - " + repr(ALLOWED_DEV) + ")\n"
+            "if extra:\n    print('LEAK /dev', extra)\n"
+            "for p in ('/dev/mem', '/dev/kmsg', '/dev/vsock', '/dev/fuse', '/dev/btrfs-control', '/dev/cpu_dma_latency',"
+            " '/sys', '/run', '/home', '/var', '/etc/shadow', '/boot', '/mnt', '/opt', '/srv'):\n    probe(p)\n"
+            "print(open('/dev/urandom', 'rb').read(4) != b'', open('/dev/zero', 'rb').read(2), open('/dev/null', 'w').write('x'))",
+            ("ok",), needs_root=True, stdout_contains="True b'\\x00\\x00' 1",
+        ),
+        Hostile(
+            "write_into_the_interpreter",
+            "import os, numpy, sysconfig\n"
+            "for d in (os.path.dirname(numpy.__file__), sysconfig.get_paths()['stdlib'], '/', '/etc', '/usr'):\n"
+            "    try:\n        open(os.path.join(d, 'pwned.py'), 'w').write('x')\n        print('LEAK wrote', d)\n"
+            "    except OSError as exc:\n        print(type(exc).__name__)\n"
+            "print('tried')",
+            ("ok",), needs_root=True, stdout_contains="tried",
+        ),
+    ]  # fmt: skip
+
+
+def _resource_programs(writes: str, test_pid: int, tcp_port: int, unix_path: str, abstract_name: str) -> list[Hostile]:
     return [
         Hostile("fork_bomb", "import os\nwhile True:\n    os.fork()", ("error", "output_limit", "timeout")),
         Hostile(
@@ -111,7 +218,7 @@ def _programs(test_pid: int, tcp_port: int, unix_path: str, abstract_name: str) 
             "read_etc_shadow",
             "print(open('/etc/shadow').read())",
             ("error",),
-            ("PermissionError",),
+            ("PermissionError", "FileNotFoundError"),
             needs_root=True,
         ),
         Hostile(
@@ -309,6 +416,7 @@ def test_hostile_program_is_contained(environment, name):
     assert len(result.stdout.encode()) <= program.max_output_bytes
     if program.stdout_contains is not None:
         assert program.stdout_contains in result.stdout, (result.stdout, result.stderr[-500:])
+    assert [line for line in result.stdout.splitlines() if line.startswith("LEAK")] == []
     assert len(result.stderr.encode()) <= program.max_output_bytes + 200
 
     # The test process and its other children are unharmed.
@@ -318,9 +426,10 @@ def test_hostile_program_is_contained(environment, name):
     if box.sandbox_uids:
         assert _uid_processes(box.sandbox_uids) == []
     # Nothing was written outside the work dir, nothing reached the host's listeners.
-    # /dev/shm is the only writable place besides the work dir: a private tmpfs per worker, emptied
-    # after every call (see test_shared_memory_does_not_carry_over_between_calls).
-    assert [line for line in result.stdout.splitlines() if line.startswith("WROTE") and line != "WROTE /dev/shm"] == []
+    # /tmp and /dev/shm are the writable places besides the work dir: private tmpfs of each worker,
+    # emptied after every call (see test_shared_memory_does_not_carry_over_between_calls).
+    private = {"WROTE /dev/shm", "WROTE /tmp"} if box.isolation and "private_tmp" in box.isolation else set()
+    assert [line for line in result.stdout.splitlines() if line.startswith("WROTE") and line not in private] == []
     for directory in OUTSIDE:
         assert not os.path.exists(os.path.join(directory, MARK))
     for listener in environment["listeners"]:

@@ -675,12 +675,12 @@ def _exec_kwargs(timeout_s: float, memory_mb: int, max_output_bytes: int) -> dic
     return {"timeout_s": timeout_s, "memory_mb": memory_mb, "max_output_bytes": max_output_bytes}
 
 
-def _temporary_sandbox(workers: int) -> Any:
-    """A pool for one judge call: no preloaded modules (starts in ~0.1 s), ~10 ms per test after that,
-    against ~0.3 s per test for ``run_python``'s one-server-per-call."""
-    from cleaner.sandbox import Sandbox, SandboxConfig
+def _process_sandbox(workers: int | None) -> Any:
+    """The process's one long-lived pool (:func:`cleaner.sandbox.shared_sandbox`, shared with tool calls);
+    ``workers`` sizes it if this is its first use."""
+    from cleaner.sandbox import shared_sandbox
 
-    return Sandbox(workers=workers, config=SandboxConfig(preload=()))
+    return shared_sandbox(workers)
 
 
 def _test_workers(n_tests: int, workers: int | None, early_stop: bool) -> int:
@@ -706,8 +706,8 @@ def judge_code(
     """Judge ``code`` against ``spec`` in the sandbox (synchronous; no event loop needed).
 
     Each test is one sandboxed process with a per-test ``timeout_s`` and ``memory_mb``, run through
-    ``sandbox.run_sync`` (a long-lived ``cleaner.sandbox.Sandbox`` pool, the fast path for training) or,
-    without one, a pool started for this call. Up to ``workers`` tests (default: CPU count) run at once,
+    ``sandbox.run_sync`` (a ``cleaner.sandbox.Sandbox`` pool) or, without one, the process's shared pool
+    (:func:`cleaner.sandbox.shared_sandbox`). Up to ``workers`` tests (default: CPU count) run at once,
     unless ``early_stop``, which runs them in order and stops at the first failure like LiveCodeBench.
     ``grading`` is ``reference`` (LCB's verdicts) or ``lenient`` (module docstring).
     """
@@ -719,8 +719,7 @@ def judge_code(
     kwargs = _exec_kwargs(timeout_s, memory_mb, max_output_bytes)
     n_workers = _test_workers(len(spec.cases), workers, early_stop)
     if sandbox is None:
-        with _temporary_sandbox(n_workers) as box:
-            return _judge_with(box.run_sync, code, spec, kwargs, n_workers, early_stop, grading)
+        sandbox = _process_sandbox(workers)
     return _judge_with(sandbox.run_sync, code, spec, kwargs, n_workers, early_stop, grading)
 
 
@@ -770,7 +769,7 @@ async def judge_code_async(
     grading: Grading = "lenient",
 ) -> CodeJudgement:
     """Async :func:`judge_code`: tests go through ``await sandbox.run(...)`` (the pool bounds the
-    concurrency) or, without ``sandbox``, a pool of ``workers`` servers started for this call."""
+    concurrency) or, without ``sandbox``, the process's shared pool (sized by ``workers`` on first use)."""
     _check_grading(grading)
     early = _precheck(code, spec)
     if early is not None:
@@ -778,9 +777,8 @@ async def judge_code_async(
     assert code is not None
     kwargs = _exec_kwargs(timeout_s, memory_mb, max_output_bytes)
     if sandbox is None:
-        n_workers = _test_workers(len(spec.cases), workers, early_stop)
-        async with _temporary_sandbox(n_workers) as box:
-            return await _judge_with_async(box, code, spec, kwargs, early_stop, grading)
+        _test_workers(len(spec.cases), workers, early_stop)  # validates workers
+        sandbox = _process_sandbox(workers)
     return await _judge_with_async(sandbox, code, spec, kwargs, early_stop, grading)
 
 

@@ -12,6 +12,7 @@ Public API::
                config=None) -> ExecResult
     async with Sandbox(workers=4) as box:
         result = await box.run(code, timeout_s=5.0, memory_mb=512, stdin="1 2\\n")
+    shared_sandbox(workers=None) -> Sandbox   # the process's one pool (tool calls and code rewards)
 
 ``ExecResult.status`` is one of ``STATUSES``; ``ExecResult.isolation`` names the layers applied
 (namespaces, read-only filesystem, cgroups, uid drop, ... depending on what the host allows).  See
@@ -34,13 +35,13 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
-    from ._pool import Sandbox, run_python
+    from ._pool import Sandbox, run_python, shared_sandbox
 
 
 def __getattr__(name: str) -> Any:
     # The pool (asyncio, threads, subprocess) is imported on first use only, so that the fork server,
     # which imports this package too, starts fast (PEP 562 lazy attribute).
-    if name in ("Sandbox", "run_python"):
+    if name in ("Sandbox", "run_python", "shared_sandbox"):
         from . import _pool
 
         return getattr(_pool, name)
@@ -58,4 +59,5 @@ __all__ = [
     "SandboxConfig",
     "Status",
     "run_python",
+    "shared_sandbox",
 ]

@@ -38,7 +38,6 @@ class ChildPlan:
     stdout_fd: int
     stderr_fd: int
     status_fd: int
-    cgroup_dir_fds: tuple[int, ...]
     uid: int | None
     gid: int | None
     rlimit_as: int | None
@@ -46,7 +45,7 @@ class ChildPlan:
     rlimit_nproc: int | None
     rlimit_fsize: int
     rlimit_nofile: int
-    env: dict[str, str]
+    die_with_server: bool  # PR_SET_PDEATHSIG; a PID namespace already dies with its PID 1, the server
 
 
 def _report(payload: dict) -> None:
@@ -67,20 +66,20 @@ def _set_limit(which: int, value: int, hard_extra: int = 0) -> None:
 
 
 def _confine(plan: ChildPlan) -> None:
-    os.setsid()
-    _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    for dir_fd in plan.cgroup_dir_fds:
-        fd = os.open("cgroup.procs", os.O_WRONLY, dir_fd=dir_fd)
+    # A process group of its own, not a session: setsid() also creates a scheduler autogroup, which
+    # stalls for milliseconds now and then (p90 3.6 ms here); killpg needs only the group, and there is
+    # no terminal to detach from (the server has none).
+    os.setpgid(0, 0)
+    if plan.die_with_server:
+        _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if plan.uid is not None:  # the server is exempt from the memory group's OOM killer; the call is not
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, b"0")
         finally:
             os.close(fd)
-    # Signal dispositions as a fresh interpreter has them (the server may have installed its own).
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
+    # Signal dispositions, the signal mask, no_new_privs and the environment come from the server, which
+    # set them once for its children (see _server.prepare_children): less to do per call.
     os.dup2(plan.stdin_fd, 0)
     os.dup2(plan.stdout_fd, 1)
     os.dup2(plan.stderr_fd, 2)
@@ -106,30 +105,60 @@ def _confine(plan: ChildPlan) -> None:
         os.setresuid(plan.uid, plan.uid, plan.uid)
         if os.getuid() != plan.uid or os.geteuid() != plan.uid:
             raise OSError("privilege drop did not take effect")
-    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
-
-    os.environ.clear()
-    os.environ.update(plan.env)
 
 
-def _fresh_interpreter_state() -> types.ModuleType:
-    """Reset what a fresh ``python -c`` would have differently from the forked template."""
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+def _new_streams() -> tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper]:
+    """stdin, stdout, stderr over fds 0, 1, 2 as the child will have them (line buffering keeps the
+    output printed before a timeout kill visible to the model)."""
+    stdin = io.TextIOWrapper(
         io.BufferedReader(io.FileIO(0, "rb", closefd=False)), encoding="utf-8", errors="surrogateescape"
     )
-    # Line buffering keeps the output printed before a timeout kill visible to the model.
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+    stdout = io.TextIOWrapper(
         io.BufferedWriter(io.FileIO(1, "wb", closefd=False)),
         encoding="utf-8",
         errors="surrogateescape",
         line_buffering=True,
     )
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+    stderr = io.TextIOWrapper(
         io.BufferedWriter(io.FileIO(2, "wb", closefd=False)),
         encoding="utf-8",
         errors="backslashreplace",
         line_buffering=True,
     )
+    return stdin, stdout, stderr
+
+
+_PREBUILT: list[io.TextIOWrapper] = []
+
+
+def prebuild_streams() -> None:
+    """Build the child's std streams once, in the server (saves each child ~0.2 ms).
+
+    The objects only name fds 0-2 and cache whether each is seekable, so they are built while 0 is
+    seekable (``/dev/null``; a call's stdin is ``/dev/null`` or a memfd) and 1 and 2 are a pipe (a call's
+    stdout and stderr are pipes); the server never writes through them, so every child inherits them empty.
+    """
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(null, 0)
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        _PREBUILT[:] = _new_streams()
+    finally:
+        for fd, copy in zip((0, 1, 2), saved):
+            os.dup2(copy, fd)
+        for fd in (*saved, read_end, write_end, null):
+            os.close(fd)
+
+
+def _fresh_interpreter_state() -> types.ModuleType:
+    """Reset what a fresh ``python -c`` would have differently from the forked template."""
+    stdin, stdout, stderr = _PREBUILT or _new_streams()
+    sys.stdin = sys.__stdin__ = stdin
+    sys.stdout = sys.__stdout__ = stdout
+    sys.stderr = sys.__stderr__ = stderr
     sys.argv = ["-c"]
     sys.path[0:1] = [""]
     sys.dont_write_bytecode = True
@@ -202,12 +231,14 @@ def _execute(code: str, main: types.ModuleType, main_pid: int) -> int:
                 os.write(2, f"{type(exc).__name__}\n".encode())
             except OSError:
                 pass
-    try:
-        import threading
-
-        threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads like the interpreter
-    except BaseException:  # noqa: BLE001
-        pass
+    # Join non-daemon threads like the interpreter's exit does, which also looks threading up in
+    # sys.modules only: a program that never imported it started no thread it would wait for.
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]
+        except BaseException:  # noqa: BLE001
+            pass
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()

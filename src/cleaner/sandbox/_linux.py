@@ -54,6 +54,8 @@ def _libc() -> ctypes.CDLL:
     lib.unshare.argtypes = [ctypes.c_int]
     lib.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    lib.syscall.restype = ctypes.c_long
+    lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return lib
 
 
@@ -82,6 +84,28 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 def umount(target: str, flags: int = MNT_DETACH) -> None:
     _check(_LIBC.umount2(os.fsencode(target), flags), f"umount {target}")
+
+
+# pivot_root(2) has no libc wrapper; its number per architecture (asm/unistd.h).
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """``pivot_root(2)``: make ``new_root`` the root of the mount namespace."""
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise OSError(0, f"pivot_root: unknown syscall number on {os.uname().machine}")
+    result = _LIBC.syscall(ctypes.c_long(number), os.fsencode(new_root), os.fsencode(put_old))
+    _check(int(result), "pivot_root")
+
+
+MADV_HUGEPAGE = 14
+MADV_COLLAPSE = 25  # Linux 6.1
+HUGE_PAGE = 2 << 20
+
+
+def madvise(address: int, length: int, advice: int) -> None:
+    _check(_LIBC.madvise(address, length, advice), f"madvise({advice})")
 
 
 def sethostname(name: str) -> None:

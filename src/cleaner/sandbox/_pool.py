@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import queue
+import re
 import select
 import shutil
 import signal
@@ -206,14 +208,37 @@ def _shutdown(workers: list[_Worker], executor: concurrent.futures.ThreadPoolExe
             worker.close()
 
 
+# A call whose imports are all standard library runs in a template without the preloaded packages.
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([A-Za-z_]\w*)|import[ \t]+([^\n#;]+))", re.MULTILINE)
+_DYNAMIC_IMPORT = ("__import__", "importlib")
+
+
+def imports_only_stdlib(code: str) -> bool:
+    """Whether every module ``code`` imports by statement is in the standard library (and it imports
+    nothing dynamically).  Decides the template only, never the result: a miss costs the import time."""
+    if any(word in code for word in _DYNAMIC_IMPORT):
+        return False
+    for match in _IMPORT.finditer(code):
+        if match.group(1):
+            names = [match.group(1)]
+        else:
+            names = [part.split()[0].split(".")[0] for part in match.group(2).split(",") if part.split()]
+        if any(name not in sys.stdlib_module_names for name in names):
+            return False
+    return True
+
+
 class Sandbox:
     """An async pool of ``workers`` pre-started fork servers; ``await box.run(code, ...)`` per call.
 
     Safe to call from many asyncio tasks at once (from any event loop): at most ``workers`` calls run
     at the same time, the rest queue in FIFO order.  Each call forks a fresh child from a worker's
-    template (numpy and sympy already imported), so a call costs milliseconds and no state survives
-    it.  ``close()`` is idempotent and also runs at interpreter exit; ``async with Sandbox() as box``
-    closes on exit.
+    template, so a call costs milliseconds and no state survives it.  With ``config.preload``, each of
+    the ``workers`` slots holds two servers: one whose template imported the preloaded packages (numpy,
+    sympy) and a plain one; a call whose imports are all standard library (:func:`imports_only_stdlib`)
+    goes to the plain one, because forking the ~50 MB preloaded template costs more than the whole
+    plain call.  ``close()`` is idempotent and also runs at interpreter exit; ``async with Sandbox() as
+    box`` closes on exit.
     """
 
     def __init__(self, workers: int = 2, *, config: SandboxConfig | None = None) -> None:
@@ -224,29 +249,36 @@ class Sandbox:
         self.config = config or SandboxConfig()
         self.workers = workers
         self._workers = [_Worker(self.config) for _ in range(workers)]
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        plain = dataclasses.replace(self.config, preload=()) if self.config.preload else None
+        self._plain_workers = [_Worker(plain) for _ in range(workers)] if plain is not None else []
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # free slots
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cleaner-sandbox")
         self._closed = False
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._executor, os.getpid())
-        for worker in self._workers:
+        every = self._workers + self._plain_workers
+        self._finalizer = weakref.finalize(self, _shutdown, every, self._executor, os.getpid())
+        for worker in every:
             worker.spawn()  # start all servers now; their preload imports run in parallel
-            self._idle.put(worker)
+        for slot in range(workers):
+            self._idle.put(slot)
 
     @property
     def isolation(self) -> tuple[str, ...]:
         """Isolation layers of the workers (empty until a worker has started)."""
-        return next((w.isolation for w in self._workers if w.isolation), ())
+        return next((w.isolation for w in self._workers + self._plain_workers if w.isolation), ())
 
     @property
     def warnings(self) -> tuple[str, ...]:
         """What the started workers could not apply (missing privileges, kernel features, modules)."""
-        return tuple(dict.fromkeys(w for x in self._workers if x.hello for w in x.hello.get("warnings", ())))
+        every = self._workers + self._plain_workers
+        return tuple(dict.fromkeys(w for x in every if x.hello for w in x.hello.get("warnings", ())))
 
     @property
     def sandbox_uids(self) -> tuple[int, ...]:
         """The unprivileged uids the started workers run code as (empty without root)."""
         return tuple(
-            int(w.hello["uid"]) for w in self._workers if w.hello is not None and w.hello.get("uid") is not None
+            int(w.hello["uid"])
+            for w in self._workers + self._plain_workers
+            if w.hello is not None and w.hello.get("uid") is not None
         )
 
     @property
@@ -254,13 +286,16 @@ class Sandbox:
         return self._closed
 
     def _run_blocking(self, request: dict[str, Any]) -> ExecResult:
-        worker = self._idle.get()
+        slot = self._idle.get()
+        worker = self._workers[slot]
+        if self._plain_workers and imports_only_stdlib(request["code"]):
+            worker = self._plain_workers[slot]
         try:
             if self._closed:
                 return ExecResult.sandbox_error("[sandbox] the Sandbox was closed", worker.isolation)
             return worker.execute(request)
         finally:
-            self._idle.put(worker)
+            self._idle.put(slot)
 
     def _submit(self, request: dict[str, Any]) -> concurrent.futures.Future[ExecResult]:
         if self._closed:
@@ -322,6 +357,39 @@ class Sandbox:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# ---- the process's pool ------------------------------------------------------------------------------
+
+DEFAULT_SHARED_WORKERS = 2  # the config schema's sandbox_workers default
+_shared: dict[str, Any] = {"pid": None, "box": None}
+_shared_lock = threading.Lock()
+
+
+def _default_shared_workers() -> int:
+    raw = os.environ.get("CLEANER_SANDBOX_WORKERS", "")
+    if not raw:
+        return DEFAULT_SHARED_WORKERS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"CLEANER_SANDBOX_WORKERS must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def shared_sandbox(workers: int | None = None, *, config: SandboxConfig | None = None) -> Sandbox:
+    """The one long-lived pool of this process, shared by tool calls and code rewards.
+
+    Started on first use with ``workers`` servers (default: ``$CLEANER_SANDBOX_WORKERS``, else 2, the
+    ``sandbox_workers`` default of the config schema) and ``config`` (default ``SandboxConfig()``:
+    numpy and sympy preloaded); later calls get the same pool whatever they pass, so the first user
+    sizes it.  A forked child of the process gets a pool of its own (the parent's servers answer the
+    parent only); a closed pool is replaced.  It closes at interpreter exit like any ``Sandbox``.
+    """
+    with _shared_lock:
+        box = _shared["box"]
+        if _shared["pid"] != os.getpid() or box is None or box.closed:
+            box = Sandbox(workers or _default_shared_workers(), config=config)
+            _shared.update(pid=os.getpid(), box=box)
+        return box
 
 
 def run_python(

@@ -19,15 +19,6 @@ DEFAULT_MAX_OUTPUT_BYTES = 1 << 20
 # What real model code imports most (math/itertools/fractions are cheap stdlib); importing sympy costs
 # ~0.3 s per call, while having it in the fork-server template adds ~1 ms to each fork.
 DEFAULT_PRELOAD: tuple[str, ...] = ("numpy", "sympy")
-DEFAULT_HIDDEN_PATHS: tuple[str, ...] = (
-    "/root",
-    "/home",
-    "/run",
-    "/tmp",
-    "/var/tmp",
-    "/dev/shm",
-    "/sys/fs/cgroup",
-)
 MAX_TIMEOUT_S = 24 * 3600.0
 
 
@@ -91,23 +82,25 @@ class ExecResult:
 class SandboxConfig:
     """How a fork server isolates the code it runs.  Every layer degrades gracefully when unavailable.
 
-    ``namespaces``: new mount/pid/net/ipc/uts namespaces (root only): no network at all, a read-only
-    view of the filesystem with ``hidden_paths`` replaced by empty tmpfs (the interpreter and ``sys.path``
-    directories are bind-mounted back read-only), a private ``/tmp`` holding the per-call work dirs.
-    ``cgroups``: cgroup v1 ``memory`` and ``pids`` controllers (root only).  ``drop_privileges``: run the
-    code as a per-server unprivileged uid/gid ``uid_base + server pid`` (root only).  ``preload``: modules
-    imported once into the fork-server template so calls do not pay for them; each call still runs in a
-    fresh forked child, so no state survives a call.
+    ``namespaces``: new mount/pid/net/ipc/uts namespaces (root only): no network at all and a new root
+    holding only the interpreter, its libraries, the site-packages directories and ``readable_paths``
+    (read-only), a minimal ``/dev``, ``/proc`` of the namespace and private ``/tmp`` + ``/dev/shm`` (see
+    ``_fsview``).  ``cgroups``: cgroup v1 ``memory`` and ``pids`` controllers (root only).
+    ``drop_privileges``: run the code as a per-server unprivileged uid/gid ``uid_base + server pid``
+    (root only).  ``seccomp``: a system-call filter denying ptrace, mount, namespaces, keyrings, bpf, ...
+    (needs pyseccomp and libseccomp; see ``_seccomp``).  ``preload``: modules imported once into the
+    fork-server template so calls do not pay for them; each call still runs in a fresh forked child, so no
+    state survives a call.
     """
 
     namespaces: bool = True
     cgroups: bool = True
     drop_privileges: bool = True
+    seccomp: bool = True
     max_processes: int = 64
     max_open_files: int = 1024
     max_file_mb: int = 256
     preload: tuple[str, ...] = DEFAULT_PRELOAD
-    hidden_paths: tuple[str, ...] = DEFAULT_HIDDEN_PATHS
     readable_paths: tuple[str, ...] = ()
     uid_base: int = 2_000_000_000
     startup_timeout_s: float = 120.0
@@ -124,12 +117,12 @@ class SandboxConfig:
             raise ValueError(f"SandboxConfig.uid_base must be an int in [1000, 2**31 - 2**23), got {self.uid_base!r}")
         if not self.startup_timeout_s > 0:
             raise ValueError(f"SandboxConfig.startup_timeout_s must be > 0, got {self.startup_timeout_s!r}")
-        for name in ("preload", "hidden_paths", "readable_paths"):
+        for name in ("preload", "readable_paths"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"SandboxConfig.{name} must be a tuple of str, got {value!r}")
             object.__setattr__(self, name, tuple(value))
-        for path in self.hidden_paths + self.readable_paths:
+        for path in self.readable_paths:
             if not os.path.isabs(path):
                 raise ValueError(f"SandboxConfig paths must be absolute, got {path!r}")
         object.__setattr__(self, "env", tuple((str(k), str(v)) for k, v in dict(self.env).items()))

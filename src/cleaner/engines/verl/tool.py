@@ -8,7 +8,8 @@ text is :func:`cleaner.protocol.format_exec_result` (stdout on success, the midd
 
 verl builds tools from a YAML file (``actor_rollout_ref.rollout.multi_turn.tool_config_path``), once per agent-loop
 worker process, and hands the same instances to every trajectory. The tool therefore owns one
-:class:`cleaner.sandbox.Sandbox` pool, started on first use and shared by all trajectories of that worker.
+:func:`cleaner.sandbox.shared_sandbox`, the process's one pool (also used by code rewards in that process), started
+on first use and shared by all trajectories of that worker.
 """
 
 from __future__ import annotations
@@ -84,11 +85,12 @@ class CodeInterpreterTool(BaseTool):
 
     @property
     def sandbox(self) -> Any:
-        """The tool's :class:`cleaner.sandbox.Sandbox` pool (started on first use; usable from any event loop)."""
+        """The process's :func:`cleaner.sandbox.shared_sandbox` pool (started on first use with ``workers``
+        servers; usable from any event loop)."""
         if self._sandbox is None or self._sandbox.closed:
-            from cleaner.sandbox import Sandbox
+            from cleaner.sandbox import shared_sandbox
 
-            self._sandbox = Sandbox(workers=self.settings.workers)
+            self._sandbox = shared_sandbox(self.settings.workers)
         return self._sandbox
 
     async def run_code(self, code: str) -> tuple[str, bool, str]:
@@ -105,7 +107,5 @@ class CodeInterpreterTool(BaseTool):
         return ToolResponse(text=text), 0.0, {"status": status, "ok": ok}
 
     def close(self) -> None:
-        """Stop the sandbox workers (idempotent)."""
-        if self._sandbox is not None:
-            self._sandbox.close()
-            self._sandbox = None
+        """Let go of the pool (idempotent); the shared pool itself closes at interpreter exit."""
+        self._sandbox = None
