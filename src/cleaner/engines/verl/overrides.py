@@ -279,6 +279,9 @@ def _common_ppo(resolved: Mapping[str, Any], *, model_path: str, output_dir: Pat
         format_override("reward.custom_reward_function.name", "compute_score"),
         format_override("reward.custom_reward_function.reward_kwargs.math_mode", rl["reward_math_mode"], add=True),
         format_override("reward.custom_reward_function.reward_kwargs.grading", resolved["reward"]["grading"], add=True),
+        # verl's reward workers are separate processes: each sizes its one shared sandbox pool from this.
+        format_override("reward.custom_reward_function.reward_kwargs.code_workers", resolved["sandbox_workers"],
+                        add=True),
         format_override("reward.reward_manager.source", "importlib"),
         format_override("reward.reward_manager.name", "CleanerRewardManager"),
         format_override("reward.reward_manager.module.path", REWARD_MODULE),
