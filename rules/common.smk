@@ -10,7 +10,8 @@ from snakemake.utils import validate
 # experiment checked again after its overrides are merged. Then Snakemake's own, against the same schema file.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 # envs/*.post-deploy.sh install this package (and read the env locks) from here when Snakemake builds a conda env.
-os.environ["CLEANER_WORKFLOW_DIR"] = str(Path(workflow.basedir).resolve())
+# (A write for the jobs, not a read of the user's environment, so no `envvars:` assertion.)
+os.environ.update(CLEANER_WORKFLOW_DIR=str(Path(workflow.basedir).resolve()))
 from cleaner.config import resolve_experiment, validate_config  # noqa: E402
 
 validate_config(config)
