@@ -275,7 +275,7 @@ def test_rl_update_gradient_is_the_advantage_weighted_logprob_gradient_of_model_
 
     batch = build_update_batch(_samples(chat_format, {"a": [1.0, -1.0, -1.0], "b": [0.5, 1.0, -1.0]}), pad_id=0)
     rl = RLConfig(lr=1.0, warmup_steps=0, weight_decay=0.0, grad_clip=1e9, batch_prompts=2, n=3,
-                  mini_batch_prompts=2, micro_batch_tokens=64)
+                  mini_batch_prompts=2, micro_batch_tokens=256)  # 3 micro-batches of 2 rows (~100 tokens each)
     out, delta, before = _sgd_update(tiny_model_dir, batch, rl)
     assert out["optimizer_updates"] == 1 and out["ppo_kl"] == 0.0 and out["clipfrac"] == 0.0
     ref = _reference_gradient(tiny_model_dir, batch, before)
