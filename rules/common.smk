@@ -121,16 +121,30 @@ def ray_launcher():
     return ""
 
 
+def saar_eval_experiments():
+    """Experiments also evaluated with SAAR on at test time (embedded engine: eval_saar/ beside eval/)."""
+    if ENGINE != "embedded":
+        return []
+    return [e for e in EXPERIMENTS if resolve_experiment(config, e)["eval"]["saar_at_test_time"]]
+
+
+def eval_saar_outputs():
+    runs = [f"{RES}/{e}/seed{s}/eval_saar.json" for e in saar_eval_experiments() for s in exp_seeds(e)]
+    sft = [f"{RES}/sft/eval_saar/{split}.json" for split in eval_splits()] if runs else []
+    return runs + sft
+
+
 def eval_outputs():
     return [f"{RES}/{e}/seed{s}/eval.json" for e in EXPERIMENTS for s in exp_seeds(e)] + [
         f"{RES}/sft/eval/{split}.json" for split in eval_splits()
-    ]
+    ] + eval_saar_outputs()
 
 
 def report_inputs():
     return {
         "evals": [f"{RES}/{e}/seed{s}/eval.json" for e in EXPERIMENTS for s in exp_seeds(e)],
         "sft_evals": [f"{RES}/sft/eval/{s}.json" for s in eval_splits()],
+        "saar_evals": eval_saar_outputs(),
         "rl": rl_outputs(),
         "lm_eval": lm_eval_outputs(),
     }

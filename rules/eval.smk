@@ -1,5 +1,6 @@
 # Agentic evaluation (with the tool) of the SFT model and of every RL run on every eval split.
-# Embedded: cleaner.evaluate with the HF engine. verl: a validation-only verl run (SGLang, eval.k samples, top-p
+# Embedded: cleaner.evaluate with the HF engine; SAAR off in eval/, and, for experiments with
+# eval.saar_at_test_time, SAAR on (eval.saar settings) in eval_saar/ on the same problems and sampling seeds. verl: a validation-only verl run (SGLang, eval.k samples, top-p
 # eval.top_p) whose dumped generations become the same summary (cleaner verl eval-summary).
 
 if ENGINE == "embedded":
@@ -25,10 +26,11 @@ if ENGINE == "embedded":
             cli=CLI,
             cfg=CONFIGFILE,
             experiment=EXPERIMENTS[0],
+            saar="off",
         shell:
             "{params.cli} eval --config {params.cfg} --experiment {params.experiment} --model {input.model} "
             "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
-            "> {log} 2>&1"
+            "--saar {params.saar} > {log} 2>&1"
 
     rule eval:
         input:
@@ -50,10 +52,57 @@ if ENGINE == "embedded":
         params:
             cli=CLI,
             cfg=CONFIGFILE,
+            saar="off",
         shell:
             "{params.cli} eval --config {params.cfg} --experiment {wildcards.exp} --model {input.model} "
             "--data {input.data} --out {output.summary} --trajectories {output.trajectories} --threads {threads} "
-            "> {log} 2>&1"
+            "--saar {params.saar} > {log} 2>&1"
+
+    use rule eval_sft as eval_sft_saar with:
+        output:
+            summary=f"{RES}/sft/eval_saar/{{split}}.json",
+            trajectories=f"{RES}/sft/eval_saar/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/sft_saar_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_saar_{{split}}.tsv"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            experiment=EXPERIMENTS[0],
+            saar="on",
+
+    use rule eval as eval_saar with:
+        output:
+            summary=f"{RES}/{{exp}}/seed{{seed}}/eval_saar/{{split}}.json",
+            trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval_saar/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/{{exp}}_seed{{seed}}_saar_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_saar_{{split}}.tsv"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            saar="on",
+
+    rule eval_saar_summary:
+        input:
+            lambda wc: [f"{RES}/{wc.exp}/seed{wc.seed}/eval_saar/{s}.json" for s in eval_splits()],
+        output:
+            f"{RES}/{{exp}}/seed{{seed}}/eval_saar.json",
+        log:
+            f"{RES}/logs/eval/{{exp}}_seed{{seed}}_saar_summary.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_saar_summary.tsv"
+        resources:
+            mem_mb=500,
+            runtime=5,
+        conda:
+            "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+        shell:
+            "{params.cli} report merge-eval --out {output} {input} > {log} 2>&1"
 
 else:
 

@@ -108,30 +108,21 @@ def _agent_config(section: dict[str, Any], saar: dict[str, Any] | None):
     return AgentConfig.from_dict(section, saar=SaarConfig.from_dict(saar) if saar is not None else None)
 
 
-def _eval_agent_config(cfg: dict[str, Any]):
-    """The agent for evaluation: rollout limits, eval sampling (temperature, top-p), SAAR off unless
-    eval.saar_at_test_time (the reference also runs SAAR in validation; we do not by default)."""
-    ev = cfg["eval"]
-    rollout = dict(cfg["rollout"])
-    rollout.update({k: ev[k] for k in ("temperature", "top_p") if k in ev})
-    saar = dict(cfg["saar"]) if ev.get("saar_at_test_time") else {**cfg["saar"], "enabled": False}
-    return _agent_config(rollout, saar)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cleaner.agent import filter_long_prompts
     from cleaner.chat import ChatFormat
     from cleaner.engines.hf import HFGenerator
-    from cleaner.evaluate import evaluate_rows, load_rows, write_eval_outputs
+    from cleaner.evaluate import eval_agent_config, evaluate_rows, load_rows, write_eval_outputs
     from cleaner.prompts import tool_schemas
     from cleaner.sandbox import Sandbox
 
     cfg = _config(args.config, args.experiment)
     _threads(cfg, args.threads)
     ev = cfg["eval"]
-    acfg = _eval_agent_config(cfg)
+    saar_flag = {"on": True, "off": False, None: None}[args.saar]
+    acfg = eval_agent_config(cfg, saar_at_test_time=saar_flag)
     rows = load_rows(args.data, limit=args.limit or ev.get("limit"))
     k = int(args.k or ev["k"])
     gen, tok = HFGenerator.from_pretrained(args.model, device=args.device, max_batch_size=int(ev.get("batch_size", 64)))
@@ -163,6 +154,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- RL
 def _cmd_rl(args: argparse.Namespace) -> int:
+    from cleaner.evaluate import validation_agent_config
     from cleaner.train.rl import PeersConfig, RLConfig, train_rl
 
     cfg = _config(args.config, args.experiment)
@@ -170,7 +162,7 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     rl = RLConfig.from_dict(cfg["rl"])
     agent = _agent_config(cfg["rollout"], cfg["saar"])
     summary = train_rl(args.model, args.data, args.out, rl=rl, agent=agent, peers=PeersConfig.from_dict(cfg["peers"]),
-                       seed=int(args.seed), val_path=args.val, val_agent=_eval_agent_config(cfg),
+                       seed=int(args.seed), val_path=args.val, val_agent=validation_agent_config(cfg),
                        sandbox_workers=int(cfg["sandbox_workers"]), sandbox_config=_sandbox_config(cfg))
     print(json.dumps(summary, indent=2))
     return 0
@@ -227,6 +219,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--saar", choices=["on", "off"], default=None,
+                   help="SAAR at test time with the eval.saar settings (default: eval.saar_at_test_time)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("rl", help="GRPO/DAPO RL with (SAAR on) or without CLEANER purification (resumable)")
