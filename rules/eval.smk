@@ -35,7 +35,7 @@ if ENGINE == "embedded":
     rule eval:
         input:
             model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
-            data=f"{RES}/data/{{split}}.parquet",
+            data=lambda wc: exp_data(wc.exp, wc.split),
         output:
             summary=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json",
             trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.trajectories.jsonl",
@@ -84,6 +84,30 @@ if ENGINE == "embedded":
             cli=CLI,
             cfg=CONFIGFILE,
             saar="on",
+
+    use rule eval_sft as eval_sft_regime with:
+        input:
+            model=f"{RES}/regimes/{{regime}}/sft/final",
+            data=f"{RES}/regimes/{{regime}}/data/{{split}}.parquet",
+        output:
+            summary=f"{RES}/regimes/{{regime}}/sft/eval/{{split}}.json",
+            trajectories=f"{RES}/regimes/{{regime}}/sft/eval/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/sft_{{regime}}_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_{{regime}}_{{split}}.tsv"
+
+    use rule eval_sft_saar as eval_sft_saar_regime with:
+        input:
+            model=f"{RES}/regimes/{{regime}}/sft/final",
+            data=f"{RES}/regimes/{{regime}}/data/{{split}}.parquet",
+        output:
+            summary=f"{RES}/regimes/{{regime}}/sft/eval_saar/{{split}}.json",
+            trajectories=f"{RES}/regimes/{{regime}}/sft/eval_saar/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/sft_saar_{{regime}}_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_saar_{{regime}}_{{split}}.tsv"
 
     rule eval_saar_summary:
         input:

@@ -18,10 +18,12 @@ from typing import Any
 __all__ = ["add_commands"]
 
 
-def _config(path: str, experiment: str | None = None) -> dict[str, Any]:
-    from cleaner.config import load_config, resolve_experiment
+def _config(path: str, experiment: str | None = None, *, regime: str | None = None) -> dict[str, Any]:
+    from cleaner.config import load_config, resolve_experiment, resolve_regime
 
     cfg = load_config(path)
+    if regime:
+        return resolve_regime(cfg, regime)
     return resolve_experiment(cfg, experiment) if experiment else cfg
 
 
@@ -45,7 +47,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     from cleaner.data.schema import write_json_atomic, write_jsonl_atomic, write_rl_parquet
     from cleaner.testbed.data import TestbedDataConfig, build_rl_row, generate_problems, make_sft_traces, trace_summary
 
-    cfg = _config(args.config)
+    cfg = _config(args.config, regime=args.regime)
     dcfg = TestbedDataConfig.from_dict(cfg["testbed"]["data"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
     from cleaner.testbed.model import TinyModelConfig, init_model
     from cleaner.testbed.tokenizer import render_chat, train_tokenizer
 
-    cfg = _config(args.config)
+    cfg = _config(args.config, regime=args.regime)
     tb = cfg["testbed"]
     out = Path(args.out)
     tmp_tok = out.parent / (out.name + ".tokenizer.tmp")
@@ -192,11 +194,13 @@ def add_commands(sub: Any) -> None:
     p = tbs.add_parser("make-data", help="generate RL/eval splits and SFT trajectories (executed for real)")
     p.add_argument("--config", required=True, help="pipeline config YAML (section testbed.data)")
     p.add_argument("--out", required=True, help="output directory: train/val/test.parquet, sft.jsonl, summary.json")
+    p.add_argument("--regime", default=None, help="a key of the config's regimes (its testbed overrides apply)")
     p.set_defaults(func=_cmd_make_data)
     p = tbs.add_parser("make-model", help="train the tokenizer and initialise the tiny Qwen3 model")
     p.add_argument("--config", required=True, help="pipeline config YAML (sections testbed.tokenizer, testbed.model)")
     p.add_argument("--sft", required=True, help="sft.jsonl whose conversations the tokenizer learns from")
     p.add_argument("--out", required=True, help="output HF model directory (model + tokenizer)")
+    p.add_argument("--regime", default=None, help="a key of the config's regimes (its testbed overrides apply)")
     p.set_defaults(func=_cmd_make_model)
 
     p = sub.add_parser("sft", help="cold-start SFT on tool-use trajectories (resumable)")
