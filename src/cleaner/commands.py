@@ -55,8 +55,10 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     for split, fname in (("rl_train", "train"), ("val", "val"), ("test", "test")):
         rows = [build_rl_row(p, split=fname, index=i) for i, p in enumerate(splits[split])]
         write_rl_parquet(rows, out / f"{fname}.parquet")
-    with tqdm(total=len(splits["sft"]), desc="sft traces (real execution)", dynamic_ncols=True) as bar:
-        traces = make_sft_traces(splits["sft"], dcfg, progress=bar.update, sandbox_config=_sandbox_config(cfg))
+    demos = splits.get("sft_recovery", [])
+    with tqdm(total=len(splits["sft"]) + len(demos), desc="sft traces (real execution)", dynamic_ncols=True) as bar:
+        traces = make_sft_traces(splits["sft"], dcfg, progress=bar.update, sandbox_config=_sandbox_config(cfg),
+                                 recovery_problems=demos)
     write_jsonl_atomic(traces, out / "sft.jsonl")
     summary = {"splits": {k: len(v) for k, v in splits.items()}, "sft": trace_summary(traces)}
     write_json_atomic(summary, out / "summary.json")
