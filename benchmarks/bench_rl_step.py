@@ -67,7 +67,8 @@ def _step(impl: str, model, fmt, rows, rl_mod, gen_cls, args, cfg, step: int) ->
     pad = fmt.tokenizer.pad_token_id if fmt.tokenizer.pad_token_id is not None else fmt.tokenizer.eos_token_id
     saved = copy.deepcopy(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr, weight_decay=rl.weight_decay)
-    gen = gen_cls(model, pad_token_id=pad, max_batch_size=256, seed=0)
+    gen = new_rl.rollout_generator(model, pad_id=pad, seed=0) if impl == "new" else gen_cls(
+        model, pad_token_id=pad, max_batch_size=256, seed=0)
 
     async def rollout():
         async with Sandbox(workers=2, config=None) as box:

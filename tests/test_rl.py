@@ -88,13 +88,13 @@ def test_micro_batch_losses_sum_to_the_mini_batch_token_mean():
     assert torch.allclose(whole, parts, atol=1e-6)
 
 
-def test_packed_logprobs_match_separate_forward_and_carry_gradients(tiny_model_dir):
+def test_bucketed_logprobs_match_separate_forward_and_carry_gradients(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     responses = [[20, 21, 22], [23], [24, 25, 26, 27, 28]]
-    lp, ent = sequence_logprobs(model, prompts, responses, 0, with_entropy=True, pack_length=8)
+    lp, ent = sequence_logprobs(model, prompts, responses, 0, with_entropy=True, bucket_tokens=24)  # one padded batch
     for i, (p, r) in enumerate(zip(prompts, responses)):
         with torch.no_grad():
             full = model(torch.tensor([p + r])).logits[0].log_softmax(-1)
@@ -104,6 +104,17 @@ def test_packed_logprobs_match_separate_forward_and_carry_gradients(tiny_model_d
         assert (ent[i, : len(r)] > 0).all()
     lp.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_length_buckets_bound_the_padded_size():
+    from cleaner.train.rl import length_buckets
+
+    lengths = [100, 40, 300, 20, 250, 90, 95]
+    buckets = length_buckets(lengths, 400)
+    assert sorted(i for b in buckets for i in b) == list(range(7))
+    for b in buckets:
+        assert len(b) * max(lengths[i] for i in b) <= 400 or len(b) == 1
+    assert buckets[0] == [3, 1, 5, 6]  # shortest first: 4 x 95 <= 400
 
 
 def test_micro_batches_respect_the_token_budget():

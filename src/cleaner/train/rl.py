@@ -34,7 +34,6 @@ import torch
 
 from cleaner.agent import AgentConfig, Trajectory, filter_long_prompts, run_agent
 from cleaner.chat import ChatFormat
-from cleaner.train.packing import pack_sequences
 from cleaner.data.schema import write_json_atomic
 from cleaner.train.common import (
     MetricsLog,
@@ -178,35 +177,62 @@ def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
+def length_buckets(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices sorted by length, cut into buckets whose padded size (rows x longest) stays within ``budget``
+    tokens (a sequence longer than the budget gets a bucket of its own)."""
+    buckets: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if cur and (len(cur) + 1) * lengths[i] > budget:
+            buckets.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        buckets.append(cur)
+    return buckets
+
+
 def sequence_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-                      *, with_entropy: bool = False, pack_length: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      *, with_entropy: bool = False, bucket_tokens: int = 4096
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of the response tokens, right-padded to the longest response: [B, R].
 
-    Sequences are packed into rows (block-diagonal causal mask), so no compute goes to padding.
+    Sequences of similar length share a right-padded batch (``length_buckets``): with padding only at the end, the
+    plain causal mask is exact (no real token attends to padding), so attention runs as the fused causal kernel on
+    each sequence's own length instead of a masked square over a packed row (3-4x less attention work and no
+    [rows, width, width] mask at testbed lengths).
     """
     full = [list(p) + list(r) for p, r in zip(prompts, responses)]
-    packed = pack_sequences(full, pack_length, pad_id)
-    logits = packed.forward(model).float()
     r_len = max(len(r) for r in responses)
     B = len(full)
-    rows, cols, tgt, out_rows, out_cols = [], [], [], [], []
-    for i, ((row, start, _), p, r) in enumerate(zip(packed.spans, prompts, responses)):
-        n = len(r)
-        if not n:
+    picked_all, ent_all, out_rows, out_cols = [], [], [], []
+    for bucket in length_buckets([len(f) for f in full], bucket_tokens):
+        width = max(len(full[i]) for i in bucket)
+        ids = torch.full((len(bucket), width), pad_id, dtype=torch.long)
+        for k, i in enumerate(bucket):
+            ids[k, : len(full[i])] = torch.tensor(full[i], dtype=torch.long)
+        logits = model(input_ids=ids).logits.float()
+        rows, cols, tgt = [], [], []
+        for k, i in enumerate(bucket):
+            n, start = len(responses[i]), len(prompts[i]) - 1
+            rows += [k] * n
+            cols += list(range(start, start + n))
+            tgt += list(responses[i])
+            out_rows += [i] * n
+            out_cols += list(range(n))
+        if not rows:
             continue
-        rows += [row] * n
-        cols += list(range(start + len(p) - 1, start + len(p) - 1 + n))
-        tgt += list(r)
-        out_rows += [i] * n
-        out_cols += list(range(n))
+        lp = torch.log_softmax(logits[torch.tensor(rows), torch.tensor(cols)], dim=-1)
+        picked_all.append(lp.gather(1, torch.tensor(tgt)[:, None])[:, 0])
+        if with_entropy:
+            ent_all.append(-(lp.exp() * lp).sum(-1).detach())
     out = torch.zeros((B, r_len), dtype=torch.float32)
     ent = torch.zeros((B, r_len), dtype=torch.float32) if with_entropy else None
-    if rows:
-        lp = torch.log_softmax(logits[torch.tensor(rows), torch.tensor(cols)], dim=-1)
-        picked = lp.gather(1, torch.tensor(tgt)[:, None])[:, 0]
-        out = out.index_put((torch.tensor(out_rows), torch.tensor(out_cols)), picked)
+    if picked_all:
+        where = (torch.tensor(out_rows), torch.tensor(out_cols))
+        out = out.index_put(where, torch.cat(picked_all))
         if ent is not None:
-            ent[torch.tensor(out_rows), torch.tensor(out_cols)] = -(lp.exp() * lp).sum(-1).detach()
+            ent[where] = torch.cat(ent_all)
     return out, ent
 
 
@@ -628,6 +654,15 @@ def _training_rows(train_path: str | Path, fmt: ChatFormat, agent: AgentConfig) 
     return rows
 
 
+def rollout_generator(model: Any, *, pad_id: int, seed: int) -> Any:
+    """The HF sampler of the embedded trainer: one batch per turn of the whole step (up to 256 requests), held
+    open while trajectories return from their tool calls (``batch_settle_s``: batching does not change the
+    samples, which are seeded per request)."""
+    from cleaner.engines.hf import HFGenerator
+
+    return HFGenerator(model, pad_token_id=pad_id, max_batch_size=256, seed=seed, batch_settle_s=0.03)
+
+
 async def _train_loop(state: TrainState, out: Path, rows: list[dict[str, Any]], fmt: ChatFormat,
                       metrics: MetricsLog, *, rl: RLConfig, agent: AgentConfig, peers: PeersConfig, seed: int,
                       pad: int, val_rows: list[dict[str, Any]], val_agent: AgentConfig, sandbox_workers: int,
@@ -635,10 +670,9 @@ async def _train_loop(state: TrainState, out: Path, rows: list[dict[str, Any]], 
     """Steps until ``rl.steps`` (or ``stop_after`` in this call): rollout -> score -> update -> log -> checkpoint."""
     from tqdm import tqdm
 
-    from cleaner.engines.hf import HFGenerator
     from cleaner.sandbox import Sandbox
 
-    gen = HFGenerator(state.model, pad_token_id=pad, max_batch_size=256, seed=seed)
+    gen = rollout_generator(state.model, pad_id=pad, seed=seed)
     actor_cfg = _actor_config(rl, rl.batch_prompts * rl.n)
     done_this_call = 0
     async with Sandbox(workers=sandbox_workers, config=sandbox_config) as box:
