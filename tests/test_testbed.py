@@ -358,3 +358,20 @@ def test_recovery_demos_add_fixes_on_new_problems_without_training_the_error(spl
     assert "recovery_demos" not in trace_summary(traces)
     with pytest.raises(ValueError, match="recovery_demos"):
         small_cfg(recovery_demos=-1)
+
+
+def test_regime_overrides_the_testbed_section_of_its_experiments():
+    from cleaner.config import ConfigError, resolve_experiment, resolve_regime, validate_config
+
+    cfg = validate_config({"name": "t", "regimes": {"paper": {"testbed": {"data": {"recovery_demos": 1.0}}}},
+                           "experiments": {"base": {}, "paper_base": {"regime": "paper"}}})
+    assert resolve_experiment(cfg, "base")["testbed"]["data"]["recovery_demos"] == 0.0
+    paper = resolve_experiment(cfg, "paper_base")
+    assert paper["testbed"]["data"]["recovery_demos"] == 1.0 and paper["regime"] == "paper"
+    assert paper["testbed"]["data"]["slip_rate"] == cfg["testbed"]["data"]["slip_rate"]
+    assert resolve_regime(cfg, "paper")["testbed"]["data"]["recovery_demos"] == 1.0
+    with pytest.raises(ConfigError, match="unknown regime"):
+        resolve_regime(cfg, "nope")
+    with pytest.raises(ConfigError, match="recovery_demos"):
+        validate_config({"name": "t", "regimes": {"bad": {"testbed": {"data": {"recovery_demos": -1}}}},
+                         "experiments": {"x": {"regime": "bad"}}})
