@@ -83,14 +83,15 @@ def _step(impl: str, model, fmt, rows, rl_mod, gen_cls, args, cfg, step: int) ->
     ro = asyncio.run(rollout())
     batch = new_rl.build_update_batch(ro.kept, pad_id=pad, norm_adv_by_std=rl.norm_adv_by_std)
     state = new_rl.TrainState(model, opt, step=step)
+    actor_cfg = new_rl._actor_config(rl, rl.batch_prompts * rl.n)  # imports verl: outside the clock
     t0 = time.perf_counter()
     if impl == "old":
-        # The old trainer's update was a closure; run its arithmetic through the new update with the old
-        # log-prob function (sequence_logprobs + packing are what changed).
+        # The old trainer's update was a closure; its arithmetic is the new rl_update's (bit-identical, checked
+        # on seeded runs), so "old" is the new update with the old log-prob function (packed rows).
         with _patched(new_rl, rl_mod):
-            new_rl.rl_update(state, batch, rl, new_rl._actor_config(rl, rl.batch_prompts * rl.n), pad_id=pad, seed=0)
+            new_rl.rl_update(state, batch, rl, actor_cfg, pad_id=pad, seed=0)
     else:
-        new_rl.rl_update(state, batch, rl, new_rl._actor_config(rl, rl.batch_prompts * rl.n), pad_id=pad, seed=0)
+        new_rl.rl_update(state, batch, rl, actor_cfg, pad_id=pad, seed=0)
     update_s = time.perf_counter() - t0
     after = _weights_hash(model)
     model.load_state_dict(saved)
