@@ -13,8 +13,11 @@ methods as ablations: rStar2-Agent's Resample-on-Correct (oversample, keep the c
 tool errors and a uniform sample of the incorrect ones) and SimpleTIR's void-turn filter (trajectories with an
 assistant turn that has neither a tool call nor a final answer are excluded from the loss).
 
-Checkpoints every ``checkpoint_every`` steps (model, optimiser, RNG, step) and resumes from the newest one;
-metrics per step to ``metrics.jsonl``; a progress bar shows step, reward, accuracy and tool failures.
+A step reads top to bottom in ``_train_loop``: :func:`rollout_and_score` -> :func:`build_update_batch` (loss mask,
+advantages) -> :func:`rl_update` (module-level, over an explicit :class:`TrainState`; tested alone) -> log.
+Checkpoints every ``checkpoint_every`` steps (model, optimiser, step) and resumes from the newest one; metrics
+per step to ``metrics.jsonl`` (among them ``grad_norm`` before clipping, ``zero_adv_group_frac`` -- the groups
+that give no gradient -- and ``optimizer_updates``); a progress bar shows step, reward, accuracy and tool failures.
 """
 
 from __future__ import annotations
