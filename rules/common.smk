@@ -77,14 +77,43 @@ if workflow.config_settings.config:
 CONFIGFILE = workflow.overwrite_configfiles[0] if workflow.overwrite_configfiles else "config/config.yaml"
 
 
+REGIMES = list(config.get("regimes") or {})
+
 wildcard_constraints:
     exp="|".join(EXPERIMENTS),
+    regime="|".join(REGIMES) or "(?!)",  # no regimes: the regime rules match nothing
     seed=r"\d+",
     split=r"[A-Za-z0-9_.-]+",
 
 
 def exp_seeds(exp):
     return resolve_experiment(config, exp)["seeds"]
+
+
+def regime_of(exp):
+    """The experiment's testbed data regime (None: the config's own testbed section)."""
+    return (config["experiments"][exp] or {}).get("regime")
+
+
+def branch(regime):
+    """Where a regime's data, model init and SFT live: results/<name>/ itself, or results/<name>/regimes/<r>/."""
+    return RES if regime is None else f"{RES}/regimes/{regime}"
+
+
+def used_regimes():
+    return sorted({r for e in EXPERIMENTS if (r := regime_of(e)) is not None})
+
+
+def exp_sft_model(exp):
+    return f"{branch(regime_of(exp))}/sft/final"
+
+
+def exp_data(exp, split):
+    return f"{branch(regime_of(exp))}/data/{split}.parquet"
+
+
+def exp_rl_train_data(exp):
+    return rl_train_data() if regime_of(exp) is None else exp_data(exp, "train")
 
 
 def eval_splits():
@@ -168,16 +197,37 @@ def ray_launcher():
     return ""
 
 
+def saar_eval_experiments():
+    """Experiments also evaluated with SAAR on at test time (embedded engine: eval_saar/ beside eval/)."""
+    if ENGINE != "embedded":
+        return []
+    return [e for e in EXPERIMENTS if resolve_experiment(config, e)["eval"]["saar_at_test_time"]]
+
+
+def eval_saar_outputs():
+    runs = [f"{RES}/{e}/seed{s}/eval_saar.json" for e in saar_eval_experiments() for s in exp_seeds(e)]
+    sft = [f"{RES}/sft/eval_saar/{split}.json" for split in eval_splits()] if runs else []
+    sft += [f"{branch(r)}/sft/eval_saar/{split}.json" for r in used_regimes() for split in eval_splits()
+            if any(regime_of(e) == r for e in saar_eval_experiments())]
+    return runs + sft
+
+
+def regime_sft_evals():
+    return [f"{branch(r)}/sft/eval/{split}.json" for r in used_regimes() for split in eval_splits()]
+
+
 def eval_outputs():
     return [f"{RES}/{e}/seed{s}/eval.json" for e in EXPERIMENTS for s in exp_seeds(e)] + [
         f"{RES}/sft/eval/{split}.json" for split in eval_splits()
-    ]
+    ] + regime_sft_evals() + eval_saar_outputs()
 
 
 def report_inputs():
     return {
         "evals": [f"{RES}/{e}/seed{s}/eval.json" for e in EXPERIMENTS for s in exp_seeds(e)],
         "sft_evals": [f"{RES}/sft/eval/{s}.json" for s in eval_splits()],
+        "saar_evals": eval_saar_outputs(),
+        "regime_sft_evals": regime_sft_evals(),
         "rl": rl_outputs(),
         "lm_eval": lm_eval_outputs(),
     }

@@ -24,8 +24,26 @@ if config["data"]["source"] == "testbed":
         params:
             cli=CLI,
             cfg=CONFIGFILE,
+            regime="",
         shell:
-            "{params.cli} testbed make-data --config {params.cfg} --out $(dirname {output.train}) > {log} 2>&1"
+            "{params.cli} testbed make-data --config {params.cfg} --out $(dirname {output.train}) {params.regime} "
+            "> {log} 2>&1"
+
+    use rule testbed_data as testbed_data_regime with:
+        output:
+            train=f"{RES}/regimes/{{regime}}/data/train.parquet",
+            val=f"{RES}/regimes/{{regime}}/data/val.parquet",
+            test=f"{RES}/regimes/{{regime}}/data/test.parquet",
+            sft=f"{RES}/regimes/{{regime}}/data/sft.jsonl",
+            summary=f"{RES}/regimes/{{regime}}/data/summary.json",
+        log:
+            f"{RES}/logs/data/testbed_data_{{regime}}.log",
+        benchmark:
+            f"{RES}/benchmarks/data/testbed_data_{{regime}}.tsv"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            regime=lambda wc: f"--regime {wc.regime}",
 
 else:
 

@@ -1,5 +1,6 @@
 # Agentic evaluation (with the tool) of the SFT model and of every RL run on every eval split.
-# Embedded: cleaner.evaluate with the HF engine. verl: a validation-only verl run (SGLang, eval.k samples, top-p
+# Embedded: cleaner.evaluate with the HF engine; SAAR off in eval/, and, for experiments with
+# eval.saar_at_test_time, SAAR on (eval.saar settings) in eval_saar/ on the same problems and sampling seeds. verl: a validation-only verl run (SGLang, eval.k samples, top-p
 # eval.top_p) whose dumped generations become the same summary (cleaner verl eval-summary).
 
 if ENGINE == "embedded":
@@ -27,16 +28,16 @@ if ENGINE == "embedded":
             cfg=CONFIGFILE,
             experiment=EXPERIMENTS[0],
             k=lambda wc: eval_k(EXPERIMENTS[0], wc.split),
+            saar="off",
         shell:
             "{params.cli} eval --config {params.cfg} --experiment {params.experiment} --model {input.model} "
             "--data {input.data} --k {params.k} --out {output.summary} --trajectories {output.trajectories} "
-            "--threads {threads} "
-            "> {log} 2>&1"
+            "--threads {threads} --saar {params.saar} > {log} 2>&1"
 
     rule eval:
         input:
             model=f"{RES}/{{exp}}/seed{{seed}}/rl/final",
-            data=f"{RES}/data/{{split}}.parquet",
+            data=lambda wc: exp_data(wc.exp, wc.split),
         output:
             summary=report(f"{RES}/{{exp}}/seed{{seed}}/eval/{{split}}.json", caption="report/eval.rst",
                            category="3. Evaluation", subcategory="{exp}",
@@ -56,11 +57,83 @@ if ENGINE == "embedded":
             cli=CLI,
             cfg=CONFIGFILE,
             k=lambda wc: eval_k(wc.exp, wc.split),
+            saar="off",
         shell:
             "{params.cli} eval --config {params.cfg} --experiment {wildcards.exp} --model {input.model} "
             "--data {input.data} --k {params.k} --out {output.summary} --trajectories {output.trajectories} "
-            "--threads {threads} "
-            "> {log} 2>&1"
+            "--threads {threads} --saar {params.saar} > {log} 2>&1"
+
+    use rule eval_sft as eval_sft_saar with:
+        output:
+            summary=f"{RES}/sft/eval_saar/{{split}}.json",
+            trajectories=f"{RES}/sft/eval_saar/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/sft_saar_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_saar_{{split}}.tsv"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            experiment=EXPERIMENTS[0],
+            k=lambda wc: eval_k(EXPERIMENTS[0], wc.split),
+            saar="on",
+
+    use rule eval as eval_saar with:
+        output:
+            summary=f"{RES}/{{exp}}/seed{{seed}}/eval_saar/{{split}}.json",
+            trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval_saar/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/{{exp}}_seed{{seed}}_saar_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_saar_{{split}}.tsv"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            k=lambda wc: eval_k(wc.exp, wc.split),
+            saar="on",
+
+    use rule eval_sft as eval_sft_regime with:
+        input:
+            model=f"{RES}/regimes/{{regime}}/sft/final",
+            data=f"{RES}/regimes/{{regime}}/data/{{split}}.parquet",
+        output:
+            summary=f"{RES}/regimes/{{regime}}/sft/eval/{{split}}.json",
+            trajectories=f"{RES}/regimes/{{regime}}/sft/eval/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/sft_{{regime}}_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_{{regime}}_{{split}}.tsv"
+
+    use rule eval_sft_saar as eval_sft_saar_regime with:
+        input:
+            model=f"{RES}/regimes/{{regime}}/sft/final",
+            data=f"{RES}/regimes/{{regime}}/data/{{split}}.parquet",
+        output:
+            summary=f"{RES}/regimes/{{regime}}/sft/eval_saar/{{split}}.json",
+            trajectories=f"{RES}/regimes/{{regime}}/sft/eval_saar/{{split}}.trajectories.jsonl",
+        log:
+            f"{RES}/logs/eval/sft_saar_{{regime}}_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_saar_{{regime}}_{{split}}.tsv"
+
+    rule eval_saar_summary:
+        input:
+            lambda wc: [f"{RES}/{wc.exp}/seed{wc.seed}/eval_saar/{s}.json" for s in eval_splits()],
+        output:
+            f"{RES}/{{exp}}/seed{{seed}}/eval_saar.json",
+        log:
+            f"{RES}/logs/eval/{{exp}}_seed{{seed}}_saar_summary.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_saar_summary.tsv"
+        resources:
+            mem_mb=500,
+            runtime=5,
+        conda:
+            "../envs/cpu.yaml"
+        params:
+            cli=CLI,
+        shell:
+            "{params.cli} report merge-eval --out {output} {input} > {log} 2>&1"
 
 else:
 

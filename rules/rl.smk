@@ -8,9 +8,9 @@ if ENGINE == "embedded":
 
     rule rl:
         input:
-            model=sft_model(),
-            train=rl_train_data(),
-            val=f"{RES}/data/val.parquet",
+            model=lambda wc: exp_sft_model(wc.exp),
+            train=lambda wc: exp_rl_train_data(wc.exp),
+            val=lambda wc: exp_data(wc.exp, "val"),
         output:
             model=directory(f"{RES}/{{exp}}/seed{{seed}}/rl/final"),
             summary=report(f"{RES}/{{exp}}/seed{{seed}}/rl/summary.json", caption="report/rl.rst", category="2. RL",

@@ -21,8 +21,24 @@ if ENGINE == "embedded":
         params:
             cli=CLI,
             cfg=CONFIGFILE,
+            regime="",
         shell:
-            "{params.cli} testbed make-model --config {params.cfg} --sft {input.sft} --out {output} > {log} 2>&1"
+            "{params.cli} testbed make-model --config {params.cfg} --sft {input.sft} --out {output} {params.regime} "
+            "> {log} 2>&1"
+
+    use rule model_init as model_init_regime with:
+        input:
+            sft=f"{RES}/regimes/{{regime}}/data/sft.jsonl",
+        output:
+            directory(f"{RES}/regimes/{{regime}}/model/init"),
+        log:
+            f"{RES}/logs/model/init_{{regime}}.log",
+        benchmark:
+            f"{RES}/benchmarks/model/init_{{regime}}.tsv"
+        params:
+            cli=CLI,
+            cfg=CONFIGFILE,
+            regime=lambda wc: f"--regime {wc.regime}",
 
     rule sft:
         input:
@@ -47,6 +63,18 @@ if ENGINE == "embedded":
         shell:
             "{params.cli} sft --config {params.cfg} --model {input.model} --data {input.data} "
             "--out $(dirname {output.model}) --threads {threads} > {log} 2>&1"
+
+    use rule sft as sft_regime with:
+        input:
+            model=f"{RES}/regimes/{{regime}}/model/init",
+            data=f"{RES}/regimes/{{regime}}/data/sft.jsonl",
+        output:
+            model=directory(f"{RES}/regimes/{{regime}}/sft/final"),
+            summary=f"{RES}/regimes/{{regime}}/sft/summary.json",
+        log:
+            f"{RES}/logs/sft/sft_{{regime}}.log",
+        benchmark:
+            f"{RES}/benchmarks/sft/sft_{{regime}}.tsv"
 
 else:
 

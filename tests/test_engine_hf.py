@@ -80,3 +80,30 @@ def test_bad_sampling_params():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)
+
+
+async def test_batch_settle_holds_the_batch_open_for_staggered_requests(tiny_model_dir):
+    """Requests arriving a few ms apart (trajectories returning from tool calls) join one batch when
+    batch_settle_s is set, and get the same tokens as when they ran in separate batches."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prompt = tok.encode("What is", add_special_tokens=False)
+
+    async def staggered(gen):
+        async def one(s):
+            await asyncio.sleep(0.01 * s)  # arrivals 10 ms apart
+            return await gen.generate(prompt, SamplingParams(max_new_tokens=6, seed=s))
+
+        try:
+            return await asyncio.gather(*(one(s) for s in range(6)))
+        finally:
+            await gen.aclose()
+
+    results = {}
+    for settle in (0.0, 0.05):
+        gen, _ = HFGenerator.from_pretrained(tiny_model_dir, device="cpu", batch_settle_s=settle)
+        outs = await staggered(gen)
+        results[settle] = ([o.token_ids for o in outs], gen.stats["batches"])
+    assert results[0.05][1] == 1 and results[0.0][1] > 1
+    assert results[0.05][0] == results[0.0][0]

@@ -193,6 +193,7 @@ async def test_evaluate_rows_end_to_end(chat_format, tmp_path):
     failed = next(r for r in records if r["stats"]["tool_failures_after"] == 1)
     assert "NameError" in failed["response_text"]
     assert summary["saar"]["retries"] == 0  # SAAR off at test time
+    assert summary["saar_at_test_time"] is False and summary["wall_s_per_problem"] > 0
 
     out_json, out_jsonl = tmp_path / "eval.json", tmp_path / "traj.jsonl"
     write_eval_outputs(summary, records, out_json, out_jsonl)
@@ -212,3 +213,57 @@ def test_load_rows(tmp_path):
     loaded = load_rows(path)
     assert [r["reward_model"]["ground_truth"] for r in loaded] == [str(p.answer) for p in problems]
     assert len(load_rows(path, limit=2)) == 2
+
+
+# ------------------------------------------------------------------------------------------------ SAAR at test time
+def _arm_config(arm: dict, **eval_section) -> dict:
+    from cleaner.config import resolve_experiment, validate_config
+
+    cfg = {"name": "t", "experiments": {"arm": arm}, "eval": eval_section}
+    return resolve_experiment(validate_config(cfg), "arm")
+
+
+def test_test_time_saar_is_on_for_every_arm_with_its_own_settings():
+    from cleaner.evaluate import eval_agent_config
+
+    baseline = _arm_config({"saar": {"enabled": False, "gamma": 0.9}}, saar_at_test_time=True,
+                           saar={"gamma": 0.3, "max_retries": 2})
+    cleaner = _arm_config({"saar": {"enabled": True, "gamma": 0.9, "rollback_probability": 0.7,
+                                    "similarity_on": "call"}}, saar_at_test_time=True, saar={"gamma": 0.3, "max_retries": 2})
+    for cfg in (baseline, cleaner):
+        saar = eval_agent_config(cfg).saar
+        assert saar.enabled  # the baseline too, although its training saar is off
+        assert (saar.gamma, saar.max_retries, saar.rollback_probability, saar.similarity_on) == (0.3, 2, 1.0, "code")
+    assert not eval_agent_config(cleaner, saar_at_test_time=False).saar.enabled
+    assert not eval_agent_config(_arm_config({"saar": {"enabled": True}})).saar.enabled  # default: off
+    assert eval_agent_config(_arm_config({}), saar_at_test_time=True).saar.enabled
+
+
+def test_validation_saar_follows_test_time_unless_set():
+    from cleaner.evaluate import validation_agent_config
+
+    assert validation_agent_config(_arm_config({}, saar_at_test_time=True)).saar.enabled
+    assert not validation_agent_config(_arm_config({}, saar_at_test_time=True, saar_at_validation=False)).saar.enabled
+    assert validation_agent_config(_arm_config({}, saar_at_validation=True)).saar.enabled
+    assert not validation_agent_config(_arm_config({"saar": {"enabled": True}})).saar.enabled
+
+
+async def test_evaluate_rows_with_saar_purifies_and_says_so(chat_format):
+    """SAAR on at test time: the failed call is rolled back, the summary says saar_at_test_time true."""
+    from test_agent import ScriptedGenerator  # replays turns in order, whatever the (spliced) context
+
+    from cleaner.sandbox import Sandbox
+
+    fmt = chat_format
+    q = "What is 6*7?"
+    scripts = {q: [call(fmt, "Compute.", "print(6*undefined_name)"), call(fmt, "Compute.", "print(6*7)"),
+                   "\\boxed{42}" + END_OF_TURN]}
+    rows = [{"data_source": "toolcalc/product", "prompt": [{"role": "user", "content": q}],
+             "reward_model": {"style": "rule", "ground_truth": "42"}, "extra_info": {"index": "test-0"}}]
+    cfg = AgentConfig(saar=SaarConfig(enabled=True), tool_timeout_s=5.0, tool_memory_mb=512)
+    async with Sandbox(workers=1) as box:
+        summary, records = await evaluate_rows(gen := ScriptedGenerator(fmt, scripts), box, fmt, rows, cfg, k=1,
+                                               seed=0)
+    assert summary["saar_at_test_time"] is True and summary["pass@1"] == 1.0
+    assert summary["saar"]["recovered"] == 1 and summary["tool_failures_per_trajectory"] == 0
+    assert "undefined_name" not in records[0]["response_text"] and len(gen.calls) == 3

@@ -242,3 +242,20 @@ def test_status_of_the_smoke_run(smoke_run):
         assert rl.reward is not None and rl.acc is not None and rl.elapsed_s > 0
     assert (jobs[("sft", "sft")].step, jobs[("sft", "sft")].total) == (20, 20)
     assert ("report", "report") in jobs and ("eval", "cleaner_seed0_test") in jobs
+
+
+def test_ablation_config_plans_both_regimes_and_both_saar_modes():
+    """config/testbed-ablations.yaml: 6 arms x 2 regimes x 3 seeds, each run evaluated with SAAR off and on,
+    the paper regime on its own data and SFT branch."""
+    out = _run(["-n", "--configfile", "config/testbed-ablations.yaml"], ROOT, timeout=300)
+    text = out.stdout + out.stderr
+    counts = {}
+    for line in text[text.index("Job stats"):].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    assert counts["rl"] == 36 and counts["eval"] == 36 and counts["eval_saar"] == 36
+    for rule in ("testbed_data_regime", "model_init_regime", "sft_regime", "eval_sft_regime", "eval_sft_saar"):
+        assert counts[rule] == 1, rule
+    assert "--regime paper" in text or "regimes/paper/sft/final" in text

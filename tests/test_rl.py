@@ -88,13 +88,13 @@ def test_micro_batch_losses_sum_to_the_mini_batch_token_mean():
     assert torch.allclose(whole, parts, atol=1e-6)
 
 
-def test_packed_logprobs_match_separate_forward_and_carry_gradients(tiny_model_dir):
+def test_bucketed_logprobs_match_separate_forward_and_carry_gradients(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     responses = [[20, 21, 22], [23], [24, 25, 26, 27, 28]]
-    lp, ent = sequence_logprobs(model, prompts, responses, 0, with_entropy=True, pack_length=8)
+    lp, ent = sequence_logprobs(model, prompts, responses, 0, with_entropy=True, bucket_tokens=24)  # one padded batch
     for i, (p, r) in enumerate(zip(prompts, responses)):
         with torch.no_grad():
             full = model(torch.tensor([p + r])).logits[0].log_softmax(-1)
@@ -104,6 +104,17 @@ def test_packed_logprobs_match_separate_forward_and_carry_gradients(tiny_model_d
         assert (ent[i, : len(r)] > 0).all()
     lp.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_length_buckets_bound_the_padded_size():
+    from cleaner.train.rl import length_buckets
+
+    lengths = [100, 40, 300, 20, 250, 90, 95]
+    buckets = length_buckets(lengths, 400)
+    assert sorted(i for b in buckets for i in b) == list(range(7))
+    for b in buckets:
+        assert len(b) * max(lengths[i] for i in b) <= 400 or len(b) == 1
+    assert buckets[0] == [3, 1, 5, 6]  # shortest first: 4 x 95 <= 400
 
 
 def test_micro_batches_respect_the_token_budget():
@@ -184,3 +195,189 @@ def test_void_turn_filter_flags_turns_without_call_or_answer(chat_format):
     void = traj(("I am not sure what to do.\n", 1), (tool, 0), ("\\boxed{3}<|im_end|>", 1))
     assert not has_void_turn(clean, chat_format)
     assert has_void_turn(void, chat_format)
+
+
+# ------------------------------------------------------------------------------------------ the update function
+def _traj(fmt, segments, *, spliced=False, rollout_logprobs=None):
+    """A Trajectory from ("model", text) (mask 1) and ("tool", result text) (mask 0) segments."""
+    from cleaner.agent import Trajectory
+
+    ids, mask = [], []
+    for kind, text in segments:
+        seg = fmt.encode(text) if kind == "model" else fmt.tool_response_ids(text)
+        ids += seg
+        mask += [1 if kind == "model" else 0] * len(seg)
+    prompt = fmt.prompt_ids([{"role": "user", "content": "What is 6*7?"}])
+    return Trajectory(prompt, ids, mask, rollout_logprobs, fmt.decode(ids), None, "answer", {"spliced": spliced})
+
+
+def _samples(fmt, rewards_by_group):
+    """Two groups interleaved in batch order (a, b, a, b, ...), every trajectory with a tool response inside."""
+    from cleaner.train.rl import Sample
+
+    out = []
+    for j in range(max(len(r) for r in rewards_by_group.values())):
+        for g, rewards in rewards_by_group.items():
+            if j < len(rewards):
+                segs = [("model", fmt.assistant_text(f"Try {j}{g}.", f"print({j}*7)")),
+                        ("tool", f"{j * 7}\n" * (j + 1)), ("model", f"\\boxed{{{j * 7}}}<|im_end|>")]
+                out.append(Sample(_traj(fmt, segs), g, rewards[j], rewards[j] > 0, rewards[j]))
+    return out
+
+
+def _grpo_by_hand(rewards):
+    t = torch.tensor(rewards)
+    return ((t - t.mean()) / (t.std() + 1e-6)).tolist()
+
+
+def test_update_batch_puts_each_groups_advantage_on_its_model_tokens_only(chat_format):
+    from cleaner.train.rl import build_update_batch
+
+    rewards = {"a": [1.0, -1.0, -1.0], "b": [0.5, 1.0, -1.0]}
+    samples = _samples(chat_format, rewards)
+    batch = build_update_batch(samples, pad_id=0)
+    expected = {g: _grpo_by_hand(r) for g, r in rewards.items()}
+    seen = {"a": 0, "b": 0}
+    for i, s in enumerate(samples):
+        n = len(s.traj.response_ids)
+        m = torch.tensor(s.traj.response_mask)
+        assert 0 in s.traj.response_mask  # a tool response inside the row
+        assert torch.equal(batch.mask[i, :n], m) and int(batch.mask[i, n:].sum()) == 0
+        want = expected[s.group][seen[s.group]]
+        seen[s.group] += 1
+        assert torch.allclose(batch.advantages[i, :n], want * m.float(), atol=1e-6)
+        assert float(batch.advantages[i, n:].abs().sum()) == 0.0
+
+
+def _sgd_update(model_dir, batch, rl, pad=0):
+    from transformers import AutoModelForCausalLM
+
+    from cleaner.train.rl import TrainState, rl_update
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = TrainState(model, torch.optim.SGD(model.parameters(), lr=rl.lr))
+    out = rl_update(state, batch, rl, _actor_config(rl, len(batch.groups)), pad_id=pad, seed=0)
+    delta = {k: v - before[k] for k, v in model.state_dict().items()}
+    return out, delta, before
+
+
+def _reference_gradient(model_dir, batch, state_dict):
+    """Gradient of -sum_{model tokens} A_i log pi(token) / (model tokens): the PPO loss at ratio 1, by hand."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.load_state_dict(state_dict)
+    total = batch.mask.sum()
+    loss = 0.0
+    for i, (p, r) in enumerate(zip(batch.prompts, batch.responses)):
+        logp = model(torch.tensor([p + r])).logits[0].float().log_softmax(-1)
+        tok_lp = logp[len(p) - 1 : len(p) - 1 + len(r)].gather(1, torch.tensor(r)[:, None])[:, 0]
+        loss = loss - (batch.advantages[i, : len(r)] * batch.mask[i, : len(r)] * tok_lp).sum() / total
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_rl_update_gradient_is_the_advantage_weighted_logprob_gradient_of_model_tokens(tiny_model_dir, chat_format):
+    """One SGD step with lr 1 moves the weights by minus the gradient of the on-policy objective computed by hand
+    over model tokens only: fails if tool-response tokens enter the loss, or an advantage has the wrong sign or
+    lands on another row or position (rows are sorted by length into several micro-batches and scattered back)."""
+    from cleaner.train.rl import build_update_batch
+
+    batch = build_update_batch(_samples(chat_format, {"a": [1.0, -1.0, -1.0], "b": [0.5, 1.0, -1.0]}), pad_id=0)
+    rl = RLConfig(lr=1.0, warmup_steps=0, weight_decay=0.0, grad_clip=1e9, batch_prompts=2, n=3,
+                  mini_batch_prompts=2, micro_batch_tokens=256)  # 3 micro-batches of 2 rows (~100 tokens each)
+    out, delta, before = _sgd_update(tiny_model_dir, batch, rl)
+    assert out["optimizer_updates"] == 1 and out["ppo_kl"] == 0.0 and out["clipfrac"] == 0.0
+    ref = _reference_gradient(tiny_model_dir, batch, before)
+    tied = {"lm_head.weight"} & set(delta) - set(ref)
+    for name, grad in ref.items():
+        assert torch.allclose(delta[name], -grad, atol=1e-6, rtol=1e-4), name
+    assert not tied or torch.equal(delta["lm_head.weight"], delta["model.embed_tokens.weight"])
+
+
+def test_tool_response_tokens_do_not_move_the_policy(tiny_model_dir, chat_format):
+    """Changing only what a tool response says AFTER the last model token changes nothing in the update."""
+    from cleaner.train.rl import Sample, build_update_batch
+
+    def batch_with(tool_text):
+        samples = []
+        for j, r in enumerate([1.0, -1.0]):
+            segs = [("model", chat_format.assistant_text(f"Try {j}.", f"print({j})")), ("tool", tool_text)]
+            samples.append(Sample(_traj(chat_format, segs), "g", r, r > 0, r))
+        return build_update_batch(samples, pad_id=0)
+
+    rl = RLConfig(lr=1.0, warmup_steps=0, weight_decay=0.0, grad_clip=1e9, batch_prompts=1, n=2,
+                  mini_batch_prompts=1)
+    _, d1, _ = _sgd_update(tiny_model_dir, batch_with("0\n"), rl)
+    _, d2, _ = _sgd_update(tiny_model_dir, batch_with("Traceback: NameError " * 3), rl)
+    assert any(float(v.abs().sum()) > 0 for v in d1.values())
+    for name in d1:
+        assert torch.allclose(d1[name], d2[name], atol=1e-7), name
+
+
+def test_old_logprobs_are_those_of_the_purified_sequence(tiny_model_dir, chat_format):
+    """With several updates per step the old log-probs come from a no-grad pass over the final (purified)
+    sequences, not from the rollout: the first update's ratio is exactly 1 (KL 0, nothing clipped) even though
+    the rollout log-probs carried by the trajectories are far off."""
+    from transformers import AutoModelForCausalLM
+
+    from cleaner.train.rl import Sample, build_update_batch, recompute_old_logprobs
+
+    samples = []
+    for j, (g, r) in enumerate([("a", 1.0), ("a", -1.0), ("b", 1.0), ("b", -1.0)]):
+        segs = [("model", chat_format.assistant_text(f"Fixed {j}.", f"print({j}*7)")), ("tool", f"{j * 7}\n"),
+                ("model", f"\\boxed{{{j * 7}}}<|im_end|>")]
+        traj = _traj(chat_format, segs, spliced=j % 2 == 0, rollout_logprobs=None)
+        traj.rollout_logprobs = [-9.0] * len(traj.response_ids)  # stale: sampled in a context SAAR deleted
+        samples.append(Sample(traj, g, r, r > 0, r))
+    batch = build_update_batch(samples, pad_id=0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    old = recompute_old_logprobs(model, batch, pad_id=0, micro_batch_tokens=64)
+    for i, s in enumerate(samples):
+        ids = s.traj.prompt_ids + s.traj.response_ids
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+        n0 = len(s.traj.prompt_ids)
+        want = torch.tensor([logp[n0 - 1 + t, tok] for t, tok in enumerate(s.traj.response_ids)])
+        assert torch.allclose(old[i, : len(want)], want, atol=1e-5)
+
+    rl = RLConfig(lr=0.5, warmup_steps=0, batch_prompts=2, n=2, mini_batch_prompts=1, ppo_epochs=2)
+    out, _, _ = _sgd_update(tiny_model_dir, batch, rl)
+    first, later = out["updates"][0], out["updates"][1:]
+    assert out["optimizer_updates"] == 4 and len(later) == 3
+    assert first["ppo_kl"] == pytest.approx(0.0, abs=1e-7) and first["clipfrac"] == 0.0
+    assert any(abs(u["ppo_kl"]) > 1e-6 for u in later)  # the policy moved between updates
+    spliced_mean = float((old[batch.spliced] * batch.mask[batch.spliced]).sum() / batch.mask[batch.spliced].sum())
+    assert out["logp_spliced"] == pytest.approx(spliced_mean, abs=1e-5)
+
+
+def test_mini_batches_keep_every_group_whole():
+    from cleaner.train.rl import group_mini_batches
+
+    groups = [g for _ in range(4) for g in "abcdef"]  # interleaved: contiguous chunks would split every group
+    for per_mini in (1, 2, 3, 6):
+        minis = group_mini_batches(groups, per_mini, random.Random(0))
+        assert sorted(i for m in minis for i in m) == list(range(len(groups)))
+        for m in minis:
+            members = {groups[i] for i in m}
+            assert len(members) == per_mini
+            assert all(sum(1 for i in m if groups[i] == g) == 4 for g in members)
+    assert group_mini_batches(groups, 2, random.Random(0)) == group_mini_batches(groups, 2, random.Random(0))
+
+
+def test_rl_update_trains_each_mini_batch_on_whole_groups(tiny_model_dir, chat_format):
+    from cleaner.train.rl import build_update_batch
+
+    batch = build_update_batch(_samples(chat_format, {"a": [1.0, -1.0, 0.5], "b": [-1.0, 1.0, 1.0]}), pad_id=0)
+    rl = RLConfig(lr=0.1, warmup_steps=0, batch_prompts=2, n=3, mini_batch_prompts=1)
+    out, _, _ = _sgd_update(tiny_model_dir, batch, rl)
+    assert [u["rows"] for u in out["updates"]] == [3, 3]
+
+
+def test_zero_advantage_group_fraction_counts_one_reward_groups(chat_format):
+    from cleaner.train.rl import build_update_batch, zero_advantage_group_fraction
+
+    batch = build_update_batch(_samples(chat_format, {"a": [1.0, 1.0, 1.0], "b": [1.0, -1.0, -1.0],
+                                                      "c": [-1.0, -1.0, -1.0]}), pad_id=0)
+    assert zero_advantage_group_fraction(batch) == pytest.approx(2 / 3)

@@ -324,3 +324,54 @@ def test_model_loads_and_is_seeded(tiny_model_dir, tiny_tokenizer, tmp_path):
         TinyModelConfig.from_dict({"num_attention_heads": 3, "num_key_value_heads": 2})
     with pytest.raises(ValueError, match="unknown model config"):
         TinyModelConfig.from_dict({"layers": 3})
+
+
+# ------------------------------------------------------------------------------------------------ regime knob
+def test_recovery_demos_add_fixes_on_new_problems_without_training_the_error(splits, traces, chat_format):
+    """recovery_demos: extra error-then-fix traces on problems of their own whose failed attempt is not trained;
+    the other splits and the ordinary traces are exactly those of the default regime."""
+    cfg = small_cfg(recovery_demos=0.5)
+    regime = generate_problems(cfg)
+    for name in ("test", "val", "sft", "rl_train"):
+        assert [problem_key(p) for p in regime[name]] == [problem_key(p) for p in splits[name]], name
+    assert "sft_recovery" not in splits and len(regime["sft_recovery"]) == 120
+    seen = {problem_key(p) for name in ("test", "val", "sft", "rl_train") for p in splits[name]}
+    assert not seen & {problem_key(p) for p in regime["sft_recovery"]}
+
+    demos_in = regime["sft_recovery"][:30]
+    out = make_sft_traces(splits["sft"][:10], cfg, recovery_problems=demos_in)
+    assert out[:10] == make_sft_traces(splits["sft"][:10], small_cfg())  # ordinary traces unchanged
+    demos = out[10:]
+    assert demos and all(t["recovery_demo"] and t["tool_failures"] >= 1 for t in demos)
+    assert len(demos) >= 20  # only input-dependent first attempts that happened to work are left out
+    for t in demos:
+        assert t["messages"][-1]["content"] == f"\\boxed{{{t['ground_truth']}}}"
+        untrained = [m for m in t["messages"] if m.get("train") is False]
+        assert len(untrained) == t["tool_failures"]
+        enc = chat_format.encode_messages(t["messages"])
+        first = chat_format.encode(chat_format.assistant_text(untrained[0]["content"],
+                                                              untrained[0]["tool_calls"][0]["function"]["arguments"]["code"]))
+        assert enc.response_ids[: len(first)] == first and set(enc.response_mask[: len(first)]) == {0}
+        assert sum(enc.response_mask) > 0  # the fix and the answer are trained
+    summary = trace_summary(out)
+    assert summary["recovery_demos"] == len(demos) and sum(summary["kinds"].values()) == 10
+    assert "recovery_demos" not in trace_summary(traces)
+    with pytest.raises(ValueError, match="recovery_demos"):
+        small_cfg(recovery_demos=-1)
+
+
+def test_regime_overrides_the_testbed_section_of_its_experiments():
+    from cleaner.config import ConfigError, resolve_experiment, resolve_regime, validate_config
+
+    cfg = validate_config({"name": "t", "regimes": {"paper": {"testbed": {"data": {"recovery_demos": 1.0}}}},
+                           "experiments": {"base": {}, "paper_base": {"regime": "paper"}}})
+    assert resolve_experiment(cfg, "base")["testbed"]["data"]["recovery_demos"] == 0.0
+    paper = resolve_experiment(cfg, "paper_base")
+    assert paper["testbed"]["data"]["recovery_demos"] == 1.0 and paper["regime"] == "paper"
+    assert paper["testbed"]["data"]["slip_rate"] == cfg["testbed"]["data"]["slip_rate"]
+    assert resolve_regime(cfg, "paper")["testbed"]["data"]["recovery_demos"] == 1.0
+    with pytest.raises(ConfigError, match="unknown regime"):
+        resolve_regime(cfg, "nope")
+    with pytest.raises(ConfigError, match="recovery_demos"):
+        validate_config({"name": "t", "regimes": {"bad": {"testbed": {"data": {"recovery_demos": -1}}}},
+                         "experiments": {"x": {"regime": "bad"}}})

@@ -98,7 +98,8 @@ class ChatFormat:
 
         Everything up to the first assistant message is the prompt. Assistant turns are mask 1, tool messages
         (wrapped as in :meth:`tool_response_text`) mask 0. Only the first tool call of a turn is kept: the agent
-        executes one call per turn.
+        executes one call per turn. An assistant message with ``"train": false`` is context only (mask 0): the
+        testbed's recovery demonstrations show a failed call without training the model to make it.
         """
         first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
         if first is None:
@@ -116,7 +117,7 @@ class ChatFormat:
                 code = tool_call_code(calls[0]) if calls else None
                 seg = self.encode(self.assistant_text(msg.get("content") or "", code))
                 ids += seg
-                mask += [1] * len(seg)
+                mask += [0 if msg.get("train") is False else 1] * len(seg)
                 if code is not None and (k + 1 >= len(rest) or rest[k + 1].get("role") != "tool"):
                     raise ValueError(f"assistant message {first + k} calls a tool but no tool message follows")
             elif role == "tool":

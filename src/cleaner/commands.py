@@ -18,10 +18,12 @@ from typing import Any
 __all__ = ["add_commands"]
 
 
-def _config(path: str, experiment: str | None = None) -> dict[str, Any]:
-    from cleaner.config import load_config, resolve_experiment
+def _config(path: str, experiment: str | None = None, *, regime: str | None = None) -> dict[str, Any]:
+    from cleaner.config import load_config, resolve_experiment, resolve_regime
 
     cfg = load_config(path)
+    if regime:
+        return resolve_regime(cfg, regime)
     return resolve_experiment(cfg, experiment) if experiment else cfg
 
 
@@ -45,7 +47,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     from cleaner.data.schema import write_json_atomic, write_jsonl_atomic, write_rl_parquet
     from cleaner.testbed.data import TestbedDataConfig, build_rl_row, generate_problems, make_sft_traces, trace_summary
 
-    cfg = _config(args.config)
+    cfg = _config(args.config, regime=args.regime)
     dcfg = TestbedDataConfig.from_dict(cfg["testbed"]["data"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,8 +55,10 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     for split, fname in (("rl_train", "train"), ("val", "val"), ("test", "test")):
         rows = [build_rl_row(p, split=fname, index=i) for i, p in enumerate(splits[split])]
         write_rl_parquet(rows, out / f"{fname}.parquet")
-    with tqdm(total=len(splits["sft"]), desc="sft traces (real execution)", dynamic_ncols=True) as bar:
-        traces = make_sft_traces(splits["sft"], dcfg, progress=bar.update, sandbox_config=_sandbox_config(cfg))
+    demos = splits.get("sft_recovery", [])
+    with tqdm(total=len(splits["sft"]) + len(demos), desc="sft traces (real execution)", dynamic_ncols=True) as bar:
+        traces = make_sft_traces(splits["sft"], dcfg, progress=bar.update, sandbox_config=_sandbox_config(cfg),
+                                 recovery_problems=demos)
     write_jsonl_atomic(traces, out / "sft.jsonl")
     summary = {"splits": {k: len(v) for k, v in splits.items()}, "sft": trace_summary(traces)}
     write_json_atomic(summary, out / "summary.json")
@@ -67,7 +71,7 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
     from cleaner.testbed.model import TinyModelConfig, init_model
     from cleaner.testbed.tokenizer import render_chat, train_tokenizer
 
-    cfg = _config(args.config)
+    cfg = _config(args.config, regime=args.regime)
     tb = cfg["testbed"]
     out = Path(args.out)
     tmp_tok = out.parent / (out.name + ".tokenizer.tmp")
@@ -108,30 +112,21 @@ def _agent_config(section: dict[str, Any], saar: dict[str, Any] | None):
     return AgentConfig.from_dict(section, saar=SaarConfig.from_dict(saar) if saar is not None else None)
 
 
-def _eval_agent_config(cfg: dict[str, Any]):
-    """The agent for evaluation: rollout limits, eval sampling (temperature, top-p), SAAR off unless
-    eval.saar_at_test_time (the reference also runs SAAR in validation; we do not by default)."""
-    ev = cfg["eval"]
-    rollout = dict(cfg["rollout"])
-    rollout.update({k: ev[k] for k in ("temperature", "top_p") if k in ev})
-    saar = dict(cfg["saar"]) if ev.get("saar_at_test_time") else {**cfg["saar"], "enabled": False}
-    return _agent_config(rollout, saar)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cleaner.agent import filter_long_prompts
     from cleaner.chat import ChatFormat
     from cleaner.engines.hf import HFGenerator
-    from cleaner.evaluate import evaluate_rows, load_rows, write_eval_outputs
+    from cleaner.evaluate import eval_agent_config, evaluate_rows, load_rows, write_eval_outputs
     from cleaner.prompts import tool_schemas
     from cleaner.sandbox import Sandbox
 
     cfg = _config(args.config, args.experiment)
     _threads(cfg, args.threads)
     ev = cfg["eval"]
-    acfg = _eval_agent_config(cfg)
+    saar_flag = {"on": True, "off": False, None: None}[args.saar]
+    acfg = eval_agent_config(cfg, saar_at_test_time=saar_flag)
     rows = load_rows(args.data, limit=args.limit or ev.get("limit"))
     k = int(args.k or ev["k"])
     gen, tok = HFGenerator.from_pretrained(args.model, device=args.device, max_batch_size=int(ev.get("batch_size", 64)))
@@ -163,6 +158,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- RL
 def _cmd_rl(args: argparse.Namespace) -> int:
+    from cleaner.evaluate import validation_agent_config
     from cleaner.train.rl import PeersConfig, RLConfig, train_rl
 
     cfg = _config(args.config, args.experiment)
@@ -170,7 +166,7 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     rl = RLConfig.from_dict(cfg["rl"])
     agent = _agent_config(cfg["rollout"], cfg["saar"])
     summary = train_rl(args.model, args.data, args.out, rl=rl, agent=agent, peers=PeersConfig.from_dict(cfg["peers"]),
-                       seed=int(args.seed), val_path=args.val, val_agent=_eval_agent_config(cfg),
+                       seed=int(args.seed), val_path=args.val, val_agent=validation_agent_config(cfg),
                        sandbox_workers=int(cfg["sandbox_workers"]), sandbox_config=_sandbox_config(cfg))
     print(json.dumps(summary, indent=2))
     return 0
@@ -211,11 +207,13 @@ def add_commands(sub: Any) -> None:
     p = tbs.add_parser("make-data", help="generate RL/eval splits and SFT trajectories (executed for real)")
     p.add_argument("--config", required=True, help="pipeline config YAML (section testbed.data)")
     p.add_argument("--out", required=True, help="output directory: train/val/test.parquet, sft.jsonl, summary.json")
+    p.add_argument("--regime", default=None, help="a key of the config's regimes (its testbed overrides apply)")
     p.set_defaults(func=_cmd_make_data)
     p = tbs.add_parser("make-model", help="train the tokenizer and initialise the tiny Qwen3 model")
     p.add_argument("--config", required=True, help="pipeline config YAML (sections testbed.tokenizer, testbed.model)")
     p.add_argument("--sft", required=True, help="sft.jsonl whose conversations the tokenizer learns from")
     p.add_argument("--out", required=True, help="output HF model directory (model + tokenizer)")
+    p.add_argument("--regime", default=None, help="a key of the config's regimes (its testbed overrides apply)")
     p.set_defaults(func=_cmd_make_model)
 
     p = sub.add_parser("sft", help="cold-start SFT on tool-use trajectories (resumable)")
@@ -238,6 +236,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--saar", choices=["on", "off"], default=None,
+                   help="SAAR at test time with the eval.saar settings (default: eval.saar_at_test_time)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("rl", help="GRPO/DAPO RL with (SAAR on) or without CLEANER purification (resumable)")

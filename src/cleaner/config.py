@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["ConfigError", "deep_merge", "load_config", "resolve_experiment", "schema", "validate_config"]
+__all__ = ["ConfigError", "deep_merge", "load_config", "resolve_experiment", "resolve_regime", "schema",
+           "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -100,14 +101,26 @@ def resolve_experiment(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     if name not in experiments:
         raise ConfigError(f"unknown experiment {name!r}; configured: {sorted(experiments)}")
     exp = experiments[name] or {}
-    bad = sorted(set(exp) - set(OVERRIDABLE) - {"description", "seeds", "steps_from"})
+    bad = sorted(set(exp) - set(OVERRIDABLE) - {"description", "seeds", "steps_from", "regime"})
     if bad:
         raise ConfigError(f"experiments.{name}: cannot override {bad}; overridable sections: {list(OVERRIDABLE)}")
-    resolved = copy.deepcopy(dict(config))
+    resolved = resolve_regime(config, exp["regime"]) if exp.get("regime") else copy.deepcopy(dict(config))
     for section in OVERRIDABLE:
         if section in exp:
             resolved[section] = deep_merge(resolved.get(section) or {}, exp[section])
     resolved["experiment"] = name
     if "seeds" in exp:
         resolved["seeds"] = list(exp["seeds"])
+    return resolved
+
+
+def resolve_regime(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config of a testbed data regime: the ``regimes.<name>.testbed`` overrides deep-merged over ``testbed``
+    (the regime's data, tokenizer and SFT model live in ``results/<config>/regimes/<name>/``)."""
+    regimes = config.get("regimes") or {}
+    if name not in regimes:
+        raise ConfigError(f"unknown regime {name!r}; configured: {sorted(regimes)}")
+    resolved = copy.deepcopy(dict(config))
+    resolved["testbed"] = deep_merge(resolved.get("testbed") or {}, (regimes[name] or {}).get("testbed") or {})
+    resolved["regime"] = name
     return resolved

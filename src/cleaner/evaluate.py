@@ -14,13 +14,43 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from cleaner.agent import AgentConfig, Trajectory, run_agent
 from cleaner.chat import ChatFormat
 from cleaner.engines.base import Generator
 
-__all__ = ["pass_at_k", "score_trajectory", "summarize_records", "evaluate_rows"]
+if TYPE_CHECKING:
+    from cleaner.saar import SaarConfig
+
+__all__ = ["eval_agent_config", "evaluate_rows", "pass_at_k", "score_trajectory", "summarize_records",
+           "test_time_saar", "validation_agent_config"]
+
+
+def test_time_saar(cfg: dict[str, Any], *, enabled: bool) -> "SaarConfig":
+    """SAAR at test time: the ``eval.saar`` block (its own gamma, K, p, similarity; not the training ``saar``
+    section, so every arm of a comparison is evaluated with the same rollback), on or off as asked."""
+    from cleaner.saar import SaarConfig
+
+    return SaarConfig.from_dict({**(cfg["eval"].get("saar") or {}), "enabled": bool(enabled)})
+
+
+def eval_agent_config(cfg: dict[str, Any], *, saar_at_test_time: bool | None = None) -> AgentConfig:
+    """The agent of evaluation and validation: rollout limits, eval sampling (temperature, top-p), and SAAR
+    per ``saar_at_test_time`` (default: the config's ``eval.saar_at_test_time``) with the ``eval.saar`` settings.
+
+    The reference validates and evaluates CLEANER with SAAR on; we evaluate both ways (eval/ and eval_saar/)."""
+    ev = cfg["eval"]
+    rollout = dict(cfg["rollout"])
+    rollout.update({k: ev[k] for k in ("temperature", "top_p") if k in ev})
+    on = bool(ev.get("saar_at_test_time")) if saar_at_test_time is None else saar_at_test_time
+    return AgentConfig.from_dict(rollout, saar=test_time_saar(cfg, enabled=on))
+
+
+def validation_agent_config(cfg: dict[str, Any]) -> AgentConfig:
+    """The agent of the validation runs during RL: ``eval.saar_at_validation`` (null: as at test time)."""
+    on = cfg["eval"].get("saar_at_validation")
+    return eval_agent_config(cfg, saar_at_test_time=None if on is None else bool(on))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -146,7 +176,9 @@ async def evaluate_rows(
         }
 
     records = list(await asyncio.gather(*(one(i, j) for i in range(len(rows)) for j in range(k))))
-    return summarize_records(records, k=k), records
+    summary = summarize_records(records, k=k)
+    summary["saar_at_test_time"] = cfg.saar.enabled  # the report compares wall_s_per_problem across the two modes
+    return summary, records
 
 
 def write_eval_outputs(summary: dict[str, Any], records: Sequence[dict[str, Any]], out_json: Path,

@@ -15,6 +15,15 @@ formatted by :func:`cleaner.protocol.format_exec_result`:
   different reasoning.
 A first attempt that happens to succeed on this input (small n for the recursion, a short power for ``str``) stays
 as a clean trace with that program, as it would for a real solver.
+
+Regime knob ``recovery_demos`` (default 0: off). With today's data the SFT model recovers from a failed call far
+less reliably than it solves a problem cleanly (test trajectories with a failure end correct ~47% of the time, clean
+ones ~71%): outcome reward alone then already pushes RL away from errors. The paper's premise is the other regime,
+where a failed-then-fixed trajectory ends correct as often as a clean one. ``recovery_demos = r`` adds about
+``r * n_sft`` error-then-fix trajectories on problems of their own (drawn after every other split, so train, RL,
+validation and test problems do not change) whose failed first attempt is context only (``"train": false``, loss
+mask 0): the model sees many more fixes after a traceback without learning to make the error more often (the
+slip/wrong rates of its first attempts stay those of ``slip_rate``/``wrong_rate``).
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ class TestbedDataConfig:
     slip_rate: float = 0.35
     wrong_rate: float = 0.35
     heldout_templates: bool = False
+    recovery_demos: float = 0.0
     tool_timeout_s: float = 2.0
     tool_memory_mb: int = 512
     max_tool_response_chars: int = 256
@@ -81,6 +91,8 @@ class TestbedDataConfig:
                 raise ValueError(f"testbed.data.{name} must be in [0, 1]")
         if cfg.slip_rate + cfg.wrong_rate > 1:
             raise ValueError("testbed.data.slip_rate + wrong_rate must be <= 1")
+        if cfg.recovery_demos < 0:
+            raise ValueError("testbed.data.recovery_demos must be >= 0")
         for name in ("n_sft", "n_rl_train", "n_val", "n_test"):
             if getattr(cfg, name) < 0:
                 raise ValueError(f"testbed.data.{name} must be >= 0")
@@ -95,13 +107,15 @@ def _templates_for(split: str, family: str, heldout: bool) -> tuple[int, ...] | 
 
 
 def generate_problems(cfg: TestbedDataConfig) -> dict[str, list[Problem]]:
-    """Disjoint problem lists for the splits ``test``, ``val``, ``sft`` and ``rl_train`` (deterministic)."""
+    """Disjoint problem lists for the splits ``test``, ``val``, ``sft``, ``rl_train`` and, with ``recovery_demos``,
+    ``sft_recovery`` (the recovery demonstrations); deterministic, each split from its own stream."""
     names = [n for n, w in cfg.families.items() if w > 0]
     weights = [cfg.families[n] for n in names]
     seen: set[str] = set()
     out: dict[str, list[Problem]] = {}
     for offset, (split, count) in enumerate(
         (("test", cfg.n_test), ("val", cfg.n_val), ("sft", cfg.n_sft), ("rl_train", cfg.n_rl_train))
+        + ((("sft_recovery", round(cfg.recovery_demos * cfg.n_sft)),) if cfg.recovery_demos > 0 else ())
     ):
         rng = random.Random(f"toolcalc:{cfg.seed}:{split}")
         problems: list[Problem] = []
@@ -146,6 +160,7 @@ class _TracePlan:
     problem: Problem
     kind: str  # clean | shallow | deep
     steps: list[list[Attempt]]  # per step: the attempts in order (failing ones first, the last must succeed)
+    demo: bool = False  # a recovery demonstration: failed attempts are context only (not trained)
 
 
 def _plan(p: Problem, rng: random.Random, cfg: TestbedDataConfig) -> _TracePlan:
@@ -162,6 +177,16 @@ def _plan(p: Problem, rng: random.Random, cfg: TestbedDataConfig) -> _TracePlan:
         steps[0] = [broken, fix]
         kind = "deep"
     return _TracePlan(p, kind, steps)
+
+
+def _recovery_plan(p: Problem, rng: random.Random) -> _TracePlan:
+    """A recovery demonstration: the family's failing first attempt (a slip, else a wrong approach), then its fix."""
+    sol = FAMILIES[p.family].solution(p.params, rng)
+    steps = [[a] for a in sol.clean]
+    pairs = [("shallow", pair) for pair in sol.slips] + [("deep", pair) for pair in sol.wrong]
+    kind, (broken, fix) = pairs[rng.randrange(len(pairs))]
+    steps[0] = [broken, fix]
+    return _TracePlan(p, kind, steps, demo=True)
 
 
 async def _run_cached(box: Any, code: str, cache: dict[str, Any], cfg: TestbedDataConfig) -> Any:
@@ -193,6 +218,8 @@ async def _realise(plan: _TracePlan, box: Any, cache: dict, cfg: TestbedDataConf
             code = attempt.code.format(**{f"x{i}": o for i, o in enumerate(outputs)}) if outputs else attempt.code
             res = await _run_cached(box, code, cache, cfg)
             messages.append(_assistant(attempt.reasoning, code))
+            if plan.demo and not res.ok:
+                messages[-1]["train"] = False
             text = format_exec_result(res, max_chars=cfg.max_tool_response_chars)
             messages.append({"role": "tool", "content": text, "status": "ok" if res.ok else res.status})
             if res.ok:
@@ -219,6 +246,7 @@ async def _realise(plan: _TracePlan, box: Any, cache: dict, cfg: TestbedDataConf
         "tool_failures": failures,
         "data_source": p.data_source,
         "ground_truth": str(p.answer),
+        **({"recovery_demo": True} if plan.demo else {}),
     }
 
 
@@ -228,12 +256,17 @@ def make_sft_traces(
     *,
     progress: Callable[[int], None] | None = None,
     sandbox_config: Any = None,
+    recovery_problems: list[Problem] = (),
 ) -> list[dict[str, Any]]:
-    """SFT trajectories for ``problems`` (executed for real in a sandbox pool; deterministic given cfg.seed)."""
+    """SFT trajectories for ``problems`` (executed for real in a sandbox pool; deterministic given cfg.seed), then
+    recovery demonstrations for ``recovery_problems``; a demonstration whose first attempt happened to succeed on
+    its input (no failure to recover from) is left out."""
     from cleaner.sandbox import Sandbox
 
     rng = random.Random(f"toolcalc-traces:{cfg.seed}")
     plans = [_plan(p, rng, cfg) for p in problems]
+    demo_rng = random.Random(f"toolcalc-recovery:{cfg.seed}")
+    plans += [_recovery_plan(p, demo_rng) for p in recovery_problems]
 
     async def run_all() -> list[dict[str, Any]]:
         cache: dict[str, Any] = {}
@@ -249,17 +282,19 @@ def make_sft_traces(
 
             return await asyncio.gather(*(one(pl) for pl in plans))
 
-    return asyncio.run(run_all())
+    traces = asyncio.run(run_all())
+    return [t for t in traces if not (t.get("recovery_demo") and t["tool_failures"] == 0)]
 
 
 def trace_summary(traces: list[dict[str, Any]]) -> dict[str, Any]:
-    kinds = Counter(t["kind"] for t in traces)
+    kinds = Counter(t["kind"] for t in traces if not t.get("recovery_demo"))
     fams = Counter(t["family"] for t in traces)
     n = max(len(traces), 1)
     return {
         "n": len(traces),
         "kinds": dict(kinds),
         "families": dict(fams),
+        **({"recovery_demos": n_demos} if (n_demos := sum(bool(t.get("recovery_demo")) for t in traces)) else {}),
         "tool_failures_per_trajectory": sum(t["tool_failures"] for t in traces) / n,
         "tool_calls_per_trajectory": sum(
             sum(1 for m in t["messages"] if m["role"] == "tool") for t in traces

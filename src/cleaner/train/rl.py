@@ -13,8 +13,11 @@ methods as ablations: rStar2-Agent's Resample-on-Correct (oversample, keep the c
 tool errors and a uniform sample of the incorrect ones) and SimpleTIR's void-turn filter (trajectories with an
 assistant turn that has neither a tool call nor a final answer are excluded from the loss).
 
-Checkpoints every ``checkpoint_every`` steps (model, optimiser, RNG, step) and resumes from the newest one;
-metrics per step to ``metrics.jsonl``; a progress bar shows step, reward, accuracy and tool failures.
+A step reads top to bottom in ``_train_loop``: :func:`rollout_and_score` -> :func:`build_update_batch` (loss mask,
+advantages) -> :func:`rl_update` (module-level, over an explicit :class:`TrainState`; tested alone) -> log.
+Checkpoints every ``checkpoint_every`` steps (model, optimiser, step) and resumes from the newest one; metrics
+per step to ``metrics.jsonl`` (among them ``grad_norm`` before clipping, ``zero_adv_group_frac`` -- the groups
+that give no gradient -- and ``optimizer_updates``); a progress bar shows step, reward, accuracy and tool failures.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import torch
 
 from cleaner.agent import AgentConfig, Trajectory, filter_long_prompts, run_agent
 from cleaner.chat import ChatFormat
-from cleaner.train.packing import pack_sequences
 from cleaner.data.schema import write_json_atomic
 from cleaner.train.common import (
     MetricsLog,
@@ -45,7 +47,22 @@ from cleaner.train.common import (
     save_hf_model,
 )
 
-__all__ = ["PeersConfig", "RLConfig", "grpo_advantages", "policy_loss", "train_rl"]
+__all__ = [
+    "PeersConfig",
+    "RLConfig",
+    "Sample",
+    "TrainState",
+    "UpdateBatch",
+    "build_update_batch",
+    "grpo_advantages",
+    "group_mini_batches",
+    "policy_loss",
+    "recompute_old_logprobs",
+    "rl_update",
+    "rollout_and_score",
+    "train_rl",
+    "zero_advantage_group_fraction",
+]
 
 
 @dataclass(frozen=True)
@@ -163,35 +180,62 @@ def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
+def length_buckets(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices sorted by length, cut into buckets whose padded size (rows x longest) stays within ``budget``
+    tokens (a sequence longer than the budget gets a bucket of its own)."""
+    buckets: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if cur and (len(cur) + 1) * lengths[i] > budget:
+            buckets.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        buckets.append(cur)
+    return buckets
+
+
 def sequence_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-                      *, with_entropy: bool = False, pack_length: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      *, with_entropy: bool = False, bucket_tokens: int = 4096
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of the response tokens, right-padded to the longest response: [B, R].
 
-    Sequences are packed into rows (block-diagonal causal mask), so no compute goes to padding.
+    Sequences of similar length share a right-padded batch (``length_buckets``): with padding only at the end, the
+    plain causal mask is exact (no real token attends to padding), so attention runs as the fused causal kernel on
+    each sequence's own length instead of a masked square over a packed row (3-4x less attention work and no
+    [rows, width, width] mask at testbed lengths).
     """
     full = [list(p) + list(r) for p, r in zip(prompts, responses)]
-    packed = pack_sequences(full, pack_length, pad_id)
-    logits = packed.forward(model).float()
     r_len = max(len(r) for r in responses)
     B = len(full)
-    rows, cols, tgt, out_rows, out_cols = [], [], [], [], []
-    for i, ((row, start, _), p, r) in enumerate(zip(packed.spans, prompts, responses)):
-        n = len(r)
-        if not n:
+    picked_all, ent_all, out_rows, out_cols = [], [], [], []
+    for bucket in length_buckets([len(f) for f in full], bucket_tokens):
+        width = max(len(full[i]) for i in bucket)
+        ids = torch.full((len(bucket), width), pad_id, dtype=torch.long)
+        for k, i in enumerate(bucket):
+            ids[k, : len(full[i])] = torch.tensor(full[i], dtype=torch.long)
+        logits = model(input_ids=ids).logits.float()
+        rows, cols, tgt = [], [], []
+        for k, i in enumerate(bucket):
+            n, start = len(responses[i]), len(prompts[i]) - 1
+            rows += [k] * n
+            cols += list(range(start, start + n))
+            tgt += list(responses[i])
+            out_rows += [i] * n
+            out_cols += list(range(n))
+        if not rows:
             continue
-        rows += [row] * n
-        cols += list(range(start + len(p) - 1, start + len(p) - 1 + n))
-        tgt += list(r)
-        out_rows += [i] * n
-        out_cols += list(range(n))
+        lp = torch.log_softmax(logits[torch.tensor(rows), torch.tensor(cols)], dim=-1)
+        picked_all.append(lp.gather(1, torch.tensor(tgt)[:, None])[:, 0])
+        if with_entropy:
+            ent_all.append(-(lp.exp() * lp).sum(-1).detach())
     out = torch.zeros((B, r_len), dtype=torch.float32)
     ent = torch.zeros((B, r_len), dtype=torch.float32) if with_entropy else None
-    if rows:
-        lp = torch.log_softmax(logits[torch.tensor(rows), torch.tensor(cols)], dim=-1)
-        picked = lp.gather(1, torch.tensor(tgt)[:, None])[:, 0]
-        out = out.index_put((torch.tensor(out_rows), torch.tensor(out_cols)), picked)
+    if picked_all:
+        where = (torch.tensor(out_rows), torch.tensor(out_cols))
+        out = out.index_put(where, torch.cat(picked_all))
         if ent is not None:
-            ent[torch.tensor(out_rows), torch.tensor(out_cols)] = -(lp.exp() * lp).sum(-1).detach()
+            ent[where] = torch.cat(ent_all)
     return out, ent
 
 
@@ -250,9 +294,11 @@ def resample_on_correct(group: list[tuple[Trajectory, float, bool]], n: int, rng
     return sorted(pos[:n_pos] + rng.sample(neg, n_neg))
 
 
-# ------------------------------------------------------------------------------------------ trainer
+# ------------------------------------------------------------------------------------------ rollout and scoring
 @dataclass
-class _Sample:
+class Sample:
+    """One scored trajectory of a group (the rollouts of one prompt)."""
+
     traj: Trajectory
     group: str
     score: float
@@ -284,8 +330,253 @@ async def _rollout_round(gen, box, fmt, rows, idxs, n_per, agent: AgentConfig, s
     return list(await asyncio.gather(*(group(k, i) for k, i in enumerate(idxs))))
 
 
+@dataclass
+class RolloutContext:
+    """What a rollout step needs besides the step number: engine, sandbox, prompts and the run's settings."""
+
+    gen: Any
+    box: Any
+    fmt: ChatFormat
+    rows: list[dict[str, Any]]
+    rl: RLConfig
+    agent: AgentConfig
+    peers: PeersConfig
+    seed: int
+
+
+@dataclass
+class StepRollouts:
+    all_samples: list[Sample]  # every scored trajectory (metrics)
+    kept: list[Sample]  # the ones the update trains on
+    rounds: int
+    rollout_s: float
+
+
+async def rollout_and_score(ctx: RolloutContext, step: int) -> StepRollouts:
+    """Sample ``batch_prompts`` prompts (seeded by run seed and step), roll out and score their groups.
+
+    DAPO dynamic sampling drops one-reward groups and resamples up to ``max_sampling_rounds``; Resample-on-Correct
+    oversamples and keeps ``n`` per group; the void-turn filter marks trajectories out of the loss.
+    """
+    rl, peers = ctx.rl, ctx.peers
+    rng = random.Random(f"rl:{ctx.seed}:{rl.seed_offset}:{step}")
+    kept: list[Sample] = []
+    all_samples: list[Sample] = []
+    rounds = 0
+    n_per = max(rl.n, math.ceil(rl.n * peers.roc_oversample)) if peers.resample_on_correct else rl.n
+    t_roll = time.perf_counter()
+    while rounds < (rl.max_sampling_rounds if rl.dynamic_sampling else 1):
+        need = rl.batch_prompts - len({s.group for s in kept})
+        if need <= 0:
+            break
+        idxs = [rng.randrange(len(ctx.rows)) for _ in range(need)]
+        groups = await _rollout_round(ctx.gen, ctx.box, ctx.fmt, ctx.rows, idxs, n_per, ctx.agent,
+                                      seed_base=(ctx.seed * 7_919 + step * 104_729 + rounds * 1_299_709) % (2**40))
+        for k, (i, trajs) in enumerate(zip(idxs, groups)):
+            gid = f"{step}:{rounds}:{k}"
+            scored = [(t, *_score(ctx.rows[i], t, rl, ctx.agent.max_response_tokens)) for t in trajs]
+            samples = [Sample(t, gid, s, a, r) for t, s, a, r in scored]
+            if peers.resample_on_correct:
+                keep = resample_on_correct([(s.traj, s.score, s.acc) for s in samples], rl.n, rng)
+                samples = [samples[j] for j in keep]
+            all_samples.extend(samples)
+            if rl.dynamic_sampling and len({s.reward for s in samples}) == 1:
+                continue  # DAPO: a group with one reward value has zero advantage
+            kept.extend(samples)
+        rounds += 1
+    rollout_s = time.perf_counter() - t_roll
+    if rl.dynamic_sampling:
+        groups_kept = set(list(dict.fromkeys(s.group for s in kept))[: rl.batch_prompts])
+        kept = [s for s in kept if s.group in groups_kept]
+    if peers.void_turn_filter:
+        for s in kept:
+            s.in_loss = not has_void_turn(s.traj, ctx.fmt)
+    return StepRollouts(all_samples, kept, rounds, rollout_s)
+
+
+# ------------------------------------------------------------------------------------------ update
+@dataclass
+class UpdateBatch:
+    """The tensors one RL update consumes, one row per trajectory (right-padded to the longest response).
+
+    ``mask`` is the loss mask: 1 on model tokens, 0 on tool-response tokens, padding, and whole rows excluded from
+    the loss (void-turn filter). ``advantages`` is GRPO's group-normalised outcome advantage on every masked-in
+    token of a row (0 elsewhere).
+    """
+
+    prompts: list[list[int]]
+    responses: list[list[int]]  # the final (purified) response ids; [pad] for an empty response
+    mask: torch.Tensor  # [B, R] long
+    advantages: torch.Tensor  # [B, R] float
+    groups: list[str]  # group id per row
+    spliced: torch.Tensor  # [B] bool: SAAR replaced a turn of this trajectory
+    in_loss: list[bool]  # False: excluded from the loss (its mask row is 0)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(p) + len(r) for p, r in zip(self.prompts, self.responses)]
+
+
+def build_update_batch(samples: Sequence[Sample], *, pad_id: int, norm_adv_by_std: bool = True) -> UpdateBatch:
+    """Loss mask and GRPO advantages of the scored samples (rewards include the overlong penalty)."""
+    prompts = [list(s.traj.prompt_ids) for s in samples]
+    responses = [list(s.traj.response_ids) if s.traj.response_ids else [pad_id] for s in samples]
+    mask = _pad([s.traj.response_mask if s.traj.response_ids else [0] for s in samples], 0)
+    for i, s in enumerate(samples):
+        if not s.in_loss:
+            mask[i] = 0
+    groups = [s.group for s in samples]
+    adv = grpo_advantages([s.reward for s in samples], mask, groups, norm_by_std=norm_adv_by_std)
+    spliced = torch.tensor([bool(s.traj.stats.get("spliced")) for s in samples])
+    return UpdateBatch(prompts, responses, mask, adv, groups, spliced, [s.in_loss for s in samples])
+
+
+def zero_advantage_group_fraction(batch: UpdateBatch, *, atol: float = 1e-6) -> float:
+    """Fraction of groups whose advantages are zero on every token: they contribute nothing to the gradient
+    (all rollouts of the prompt got the same reward, or none of its tokens is in the loss)."""
+    zero: dict[str, bool] = {}
+    for i, g in enumerate(batch.groups):
+        zero[g] = zero.get(g, True) and bool(batch.advantages[i].abs().max() <= atol)
+    return sum(zero.values()) / max(len(zero), 1)
+
+
+def group_mini_batches(groups: Sequence[str], groups_per_mini: int, rng: random.Random) -> list[list[int]]:
+    """Row indices of each PPO mini-batch: whole groups (verl splits by prompt; a group's advantages are relative
+    to each other), ``groups_per_mini`` per mini-batch, group order shuffled by ``rng``, rows in batch order."""
+    order = list(dict.fromkeys(groups))
+    rng.shuffle(order)
+    out = []
+    for g0 in range(0, len(order), groups_per_mini):
+        members = set(order[g0 : g0 + groups_per_mini])
+        out.append([i for i, g in enumerate(groups) if g in members])
+    return out
+
+
+def recompute_old_logprobs(model: Any, batch: UpdateBatch, *, pad_id: int, micro_batch_tokens: int) -> torch.Tensor:
+    """Log-probs of the final (purified) responses under the current policy, before any update: the "old" policy
+    of the PPO ratio (CLEANER.md step 6; the rollout's own log-probs belong to contexts SAAR deleted)."""
+    old = torch.zeros_like(batch.advantages)
+    with torch.no_grad():
+        for mb in _micro_batches(batch.lengths, micro_batch_tokens):
+            lp, _ = sequence_logprobs(model, [batch.prompts[i] for i in mb], [batch.responses[i] for i in mb], pad_id)
+            old[mb, : lp.shape[1]] = lp
+    return old
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores: the policy, its optimiser, the step count and the wall time spent so far."""
+
+    model: Any
+    opt: torch.optim.Optimizer
+    step: int = 0  # completed RL steps
+    elapsed_s: float = 0.0
+
+    def checkpoint(self, rl: RLConfig) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
+                "elapsed_s": self.elapsed_s, "config": asdict(rl)}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.step, self.elapsed_s = saved["step"], saved["elapsed_s"]
+
+
+def rl_update(state: TrainState, batch: UpdateBatch, rl: RLConfig, actor_cfg: Any, *, pad_id: int,
+              seed: int) -> dict[str, Any]:
+    """One RL step's policy update: ``ppo_epochs`` passes over group-aligned mini-batches, one optimiser step each.
+
+    Loss: verl's clipped PPO loss (clip-higher, dual-clip), token-mean over each mini-batch's masked-in tokens,
+    accumulated over packed micro-batches of at most ``micro_batch_tokens``; gradient clipped at ``grad_clip``
+    (``grad_norm`` is the norm before clipping). Returns the means of the per-update statistics, the number of
+    optimiser updates, the mean log-prob of the trained tokens of spliced vs unspliced trajectories, and
+    ``updates`` (one dict per optimiser update).
+    """
+    t0 = time.perf_counter()
+    model, opt, step = state.model, state.opt, state.step
+    mask, adv, lengths = batch.mask, batch.advantages, batch.lengths
+    groups = list(dict.fromkeys(batch.groups))
+    per_mini = max(1, len(groups) * rl.mini_batch_prompts // rl.batch_prompts)
+    lr = lr_at(step, base_lr=rl.lr, warmup_steps=rl.warmup_steps, total_steps=rl.steps, schedule=rl.lr_schedule)
+    # Old log-probs are recomputed on the final (purified) sequences (CLEANER.md step 6). When the step makes a
+    # single optimiser update (one epoch, one mini-batch) the policy has not moved yet, so the training
+    # forward pass gives exactly those values (ratio 1) and a separate no-grad pass would be redundant.
+    single_update = rl.ppo_epochs == 1 and per_mini >= len(groups)
+    if single_update:
+        old = torch.zeros_like(adv)
+    else:
+        old = recompute_old_logprobs(model, batch, pad_id=pad_id, micro_batch_tokens=rl.micro_batch_tokens)
+    model.train()
+    stats: dict[str, list[float]] = {"pg_loss": [], "clipfrac": [], "clipfrac_lower": [], "ppo_kl": [],
+                                     "grad_norm": [], "entropy": []}
+    updates: list[dict[str, float]] = []
+    for _ in range(rl.ppo_epochs):
+        for idx in group_mini_batches(batch.groups, per_mini, random.Random(f"mb:{seed}:{step}")):
+            n_tok = int(mask[idx].sum())
+            if n_tok == 0:
+                continue
+            for gparam in opt.param_groups:
+                gparam["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            ent_sum, ent_n = 0.0, 0
+            first_micro = len(stats["pg_loss"])
+            for mb_local in _micro_batches([lengths[i] for i in idx], rl.micro_batch_tokens):
+                mb = [idx[j] for j in mb_local]
+                lp, ent = sequence_logprobs(model, [batch.prompts[i] for i in mb], [batch.responses[i] for i in mb],
+                                            pad_id, with_entropy=True)
+                w = lp.shape[1]
+                if single_update:
+                    old[mb, :w] = lp.detach()
+                loss, pm = policy_loss(old[mb, :w], lp, adv[mb, :w], mask[mb, :w], actor_cfg,
+                                       batch_num_tokens=n_tok, global_batch_size=len(idx))
+                if rl.entropy_coef:
+                    ent_w = (ent * mask[mb, :w]).sum() / n_tok
+                    loss = loss - rl.entropy_coef * ent_w
+                loss.backward()
+                stats["pg_loss"].append(loss.item())
+                stats["clipfrac"].append(pm["actor/pg_clipfrac"])
+                stats["clipfrac_lower"].append(pm["actor/pg_clipfrac_lower"])
+                stats["ppo_kl"].append(pm["actor/ppo_kl"])
+                ent_sum += float((ent * mask[mb, :w]).sum())
+                ent_n += int(mask[mb, :w].sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip)
+            opt.step()
+            stats["grad_norm"].append(float(grad_norm))
+            stats["entropy"].append(ent_sum / max(ent_n, 1))
+            updates.append({"rows": len(idx), "tokens": n_tok, "grad_norm": float(grad_norm),
+                            "ppo_kl": _mean(stats["ppo_kl"][first_micro:]),
+                            "clipfrac": _mean(stats["clipfrac"][first_micro:])})
+    model.eval()
+    # How far from the policy the trained tokens are: spliced (purified) turns were sampled in a context
+    # that no longer exists, so their recomputed log-probs show how off-policy SAAR makes the batch.
+    logp_stats = {}
+    for name, sel in (("logp_spliced", batch.spliced), ("logp_unspliced", ~batch.spliced)):
+        m = mask[sel].float()
+        logp_stats[name] = float((old[sel] * m).sum() / m.sum()) if m.sum() > 0 else None
+    out: dict[str, Any] = {k: _mean(v) for k, v in stats.items()}
+    out.update({"updated": True, "update_s": time.perf_counter() - t0, "lr": lr,
+                "trained_trajectories": sum(batch.in_loss),
+                "optimizer_updates": len(updates), **logp_stats})
+    out["updates"] = updates
+    return out
+
+
 def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+# ------------------------------------------------------------------------------------------ trainer
+async def validate(gen: Any, box: Any, fmt: ChatFormat, rows: list[dict[str, Any]], agent: AgentConfig, *,
+                   k: int) -> dict[str, Any]:
+    """Validation metrics (``val/...``) with the same sampling seeds at every call, so arms' curves are paired."""
+    from cleaner.evaluate import evaluate_rows
+
+    gen.model.eval()
+    t0 = time.perf_counter()
+    summary, _ = await evaluate_rows(gen, box, fmt, rows, agent, k=k, seed=10_007)
+    return {"val/pass@1": summary["pass@1"], "val/tool_failures": summary["tool_failures_per_trajectory"],
+            "val/first_call_failure_rate": summary["first_call_failure_rate"],
+            "val/response_length": summary["response_length"], "val_s": time.perf_counter() - t0}
 
 
 def train_rl(
@@ -308,222 +599,127 @@ def train_rl(
 
     ``stop_after``: stop (with a checkpoint) after this many steps in this call -- for tests of resumption.
     ``val_path``: every ``rl.val_every`` steps (and before the first step) the policy is evaluated on these rows
-    with ``val_agent`` (SAAR off: the test-time protocol), ``rl.val_k`` samples each, with the same sampling
-    seeds every time, so the curves of different arms are paired; metrics ``val/pass@1``, ``val/tool_failures``.
+    with ``val_agent`` (the test-time protocol: SAAR per ``eval.saar_at_test_time``), ``rl.val_k`` samples each,
+    with the same sampling seeds every time, so the curves of different arms are paired; metrics ``val/pass@1``,
+    ``val/tool_failures``.
     """
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cleaner.data.schema import read_parquet_rows
-    from cleaner.engines.hf import HFGenerator
     from cleaner.prompts import tool_schemas
-    from cleaner.sandbox import Sandbox
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    fmt = ChatFormat(tok, tool_schemas())
+    rows = _training_rows(train_path, fmt, agent)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=rl.lr, betas=(0.9, 0.999), weight_decay=rl.weight_decay)
+    state = TrainState(model, opt)
+    latest = latest_checkpoint(out / "checkpoints")
+    if latest is not None:
+        state.restore(load_checkpoint(latest))
+        print(f"rl: resuming from checkpoint {latest} (step {state.step} of {rl.steps})", file=sys.stderr, flush=True)
+    write_json_atomic(json.loads(json.dumps({"rl": asdict(rl), "agent": asdict(agent), "peers": asdict(peers),
+                                             "seed": seed}, default=str)), out / "config.json")
+    val_rows: list[dict[str, Any]] = []
+    if val_path is not None and rl.val_every > 0:
+        val_rows, _ = filter_long_prompts(read_parquet_rows(val_path), fmt, val_agent or agent)
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=state.step)
+    try:
+        asyncio.run(_train_loop(state, out, rows, fmt, metrics, rl=rl, agent=agent, peers=peers, seed=seed, pad=pad,
+                                val_rows=val_rows, val_agent=val_agent or agent, sandbox_workers=sandbox_workers,
+                                sandbox_config=sandbox_config, progress=progress, stop_after=stop_after))
+    finally:
+        metrics.close()
+    complete = state.step >= rl.steps
+    if complete:
+        save_hf_model(model, tok, out / "final")
+    summary = {"steps": state.step, "elapsed_s": state.elapsed_s, "complete": complete,
+               "model_dir": str(out / "final") if complete else None}
+    write_json_atomic(summary, out / "summary.json")
+    return summary
+
+
+def _training_rows(train_path: str | Path, fmt: ChatFormat, agent: AgentConfig) -> list[dict[str, Any]]:
+    from cleaner.data.schema import read_parquet_rows
+
     rows = read_parquet_rows(train_path)
     if not rows:
         raise ValueError(f"{train_path}: no training prompts")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    fmt = ChatFormat(tok, tool_schemas())
     rows, dropped = filter_long_prompts(rows, fmt, agent)
     if dropped:
         print(f"rl: skipped {len(dropped)} prompts longer than max_prompt_tokens={agent.max_prompt_tokens}",
               file=sys.stderr)
     if not rows:
         raise ValueError(f"{train_path}: every prompt is longer than max_prompt_tokens={agent.max_prompt_tokens}")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    opt = torch.optim.AdamW(model.parameters(), lr=rl.lr, betas=(0.9, 0.999), weight_decay=rl.weight_decay)
-    ckpt_dir = out / "checkpoints"
-    step, elapsed = 0, 0.0
-    latest = latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        state = load_checkpoint(latest)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed = state["step"], state["elapsed_s"]
-        print(f"rl: resuming from checkpoint {latest} (step {step} of {rl.steps})", file=sys.stderr, flush=True)
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step)
-    write_json_atomic(json.loads(json.dumps({"rl": asdict(rl), "agent": asdict(agent), "peers": asdict(peers),
-                                             "seed": seed}, default=str)), out / "config.json")
-    val_rows: list[dict[str, Any]] = []
-    if val_path is not None and rl.val_every > 0:
-        val_rows, _ = filter_long_prompts(read_parquet_rows(val_path), fmt, val_agent or agent)
-    gen = HFGenerator(model, pad_token_id=pad, max_batch_size=256, seed=seed)
+    return rows
+
+
+def rollout_generator(model: Any, *, pad_id: int, seed: int) -> Any:
+    """The HF sampler of the embedded trainer: one batch per turn of the whole step (up to 256 requests), held
+    open while trajectories return from their tool calls (``batch_settle_s``: batching does not change the
+    samples, which are seeded per request)."""
+    from cleaner.engines.hf import HFGenerator
+
+    return HFGenerator(model, pad_token_id=pad_id, max_batch_size=256, seed=seed, batch_settle_s=0.03)
+
+
+async def _train_loop(state: TrainState, out: Path, rows: list[dict[str, Any]], fmt: ChatFormat,
+                      metrics: MetricsLog, *, rl: RLConfig, agent: AgentConfig, peers: PeersConfig, seed: int,
+                      pad: int, val_rows: list[dict[str, Any]], val_agent: AgentConfig, sandbox_workers: int,
+                      sandbox_config: Any, progress: bool, stop_after: int | None) -> None:
+    """Steps until ``rl.steps`` (or ``stop_after`` in this call): rollout -> score -> update -> log -> checkpoint."""
+    from tqdm import tqdm
+
+    from cleaner.sandbox import Sandbox
+
+    gen = rollout_generator(state.model, pad_id=pad, seed=seed)
     actor_cfg = _actor_config(rl, rl.batch_prompts * rl.n)
     done_this_call = 0
-
-    def save(at: int) -> None:
-        save_checkpoint(ckpt_dir, at, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": at,
-                                       "elapsed_s": elapsed, "config": asdict(rl)})
-
-    async def run_steps() -> None:
-        nonlocal step, elapsed, done_this_call
-        async with Sandbox(workers=sandbox_workers, config=sandbox_config) as box:
-            bar = tqdm(total=rl.steps, initial=step, desc="rl", disable=not progress, dynamic_ncols=True)
-            try:
-                if step == 0 and val_rows:
-                    metrics.write({"step": 0, **await _validate(box)})
-                while step < rl.steps and (stop_after is None or done_this_call < stop_after):
-                    t0 = time.perf_counter()
-                    row_metrics = await _one_step(box)
-                    dt = time.perf_counter() - t0
-                    elapsed += dt
-                    step += 1
-                    done_this_call += 1
-                    row_metrics.update({"step": step, "step_time_s": dt, "elapsed_s": elapsed})
-                    if val_rows and (step % rl.val_every == 0 or step == rl.steps):
-                        row_metrics.update(await _validate(box))
-                    metrics.write(row_metrics)
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{row_metrics['reward']:.2f}", acc=f"{row_metrics['acc']:.2f}",
-                                    fail=f"{row_metrics['tool_failures_after']:.2f}")
-                    if step % rl.checkpoint_every == 0 or step == rl.steps:
-                        save(step)
-            finally:
-                bar.close()
-                await gen.aclose()
-
-    async def _validate(box) -> dict[str, Any]:
-        from cleaner.evaluate import evaluate_rows
-
-        model.eval()
-        t0 = time.perf_counter()
-        summary, _ = await evaluate_rows(gen, box, fmt, val_rows, val_agent or agent, k=rl.val_k, seed=10_007)
-        return {"val/pass@1": summary["pass@1"], "val/tool_failures": summary["tool_failures_per_trajectory"],
-                "val/first_call_failure_rate": summary["first_call_failure_rate"],
-                "val/response_length": summary["response_length"], "val_s": time.perf_counter() - t0}
-
-    async def _one_step(box) -> dict[str, Any]:
-        rng = random.Random(f"rl:{seed}:{rl.seed_offset}:{step}")
-        model.eval()
-        kept: list[_Sample] = []
-        all_samples: list[_Sample] = []
-        rounds = 0
-        n_per = max(rl.n, math.ceil(rl.n * peers.roc_oversample)) if peers.resample_on_correct else rl.n
-        t_roll = time.perf_counter()
-        while rounds < (rl.max_sampling_rounds if rl.dynamic_sampling else 1):
-            need = rl.batch_prompts - len({s.group for s in kept})
-            if need <= 0:
-                break
-            idxs = [rng.randrange(len(rows)) for _ in range(need)]
-            groups = await _rollout_round(gen, box, fmt, rows, idxs, n_per, agent,
-                                          seed_base=(seed * 7_919 + step * 104_729 + rounds * 1_299_709) % (2**40))
-            for k, (i, trajs) in enumerate(zip(idxs, groups)):
-                gid = f"{step}:{rounds}:{k}"
-                scored = [(t, *_score(rows[i], t, rl, agent.max_response_tokens)) for t in trajs]
-                samples = [_Sample(t, gid, s, a, r) for t, s, a, r in scored]
-                if peers.resample_on_correct:
-                    keep = resample_on_correct([(s.traj, s.score, s.acc) for s in samples], rl.n, rng)
-                    samples = [samples[j] for j in keep]
-                all_samples.extend(samples)
-                if rl.dynamic_sampling and len({s.reward for s in samples}) == 1:
-                    continue  # DAPO: a group with one reward value has zero advantage
-                kept.extend(samples)
-            rounds += 1
-        rollout_s = time.perf_counter() - t_roll
-        if rl.dynamic_sampling:
-            groups_kept = list(dict.fromkeys(s.group for s in kept))[: rl.batch_prompts]
-            kept = [s for s in kept if s.group in set(groups_kept)]
-        if peers.void_turn_filter:
-            for s in kept:
-                s.in_loss = not has_void_turn(s.traj, fmt)
-        upd = _update(kept) if kept else {"updated": False}
-        m = _step_metrics(all_samples, kept)
-        m.update(upd)
-        m.update({"rollout_s": rollout_s, "sampling_rounds": rounds})
-        return m
-
-    def _update(samples: list[_Sample]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        prompts = [s.traj.prompt_ids for s in samples]
-        responses = [s.traj.response_ids if s.traj.response_ids else [pad] for s in samples]
-        mask = _pad([s.traj.response_mask if s.traj.response_ids else [0] for s in samples], 0)
-        for i, s in enumerate(samples):
-            if not s.in_loss:
-                mask[i] = 0
-        adv = grpo_advantages([s.reward for s in samples], mask, [s.group for s in samples],
-                              norm_by_std=rl.norm_adv_by_std)
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-        groups = list(dict.fromkeys(s.group for s in samples))
-        per_mini = max(1, len(groups) * rl.mini_batch_prompts // rl.batch_prompts)
-        # Old log-probs are recomputed on the final (purified) sequences (CLEANER.md step 6). When the step makes a
-        # single optimiser update (one epoch, one mini-batch) the policy has not moved yet, so the training
-        # forward pass gives exactly those values (ratio 1) and a separate no-grad pass would be redundant.
-        single_update = rl.ppo_epochs == 1 and per_mini >= len(groups)
-        old = torch.zeros_like(adv)
-        if not single_update:
-            with torch.no_grad():
-                for mb in _micro_batches(lengths, rl.micro_batch_tokens):
-                    lp, _ = sequence_logprobs(model, [prompts[i] for i in mb], [responses[i] for i in mb], pad)
-                    old[mb, : lp.shape[1]] = lp
-        model.train()
-        stats: dict[str, list[float]] = {"pg_loss": [], "clipfrac": [], "clipfrac_lower": [], "ppo_kl": [],
-                                         "grad_norm": [], "entropy": []}
-        for _ in range(rl.ppo_epochs):
-            order = groups[:]
-            random.Random(f"mb:{seed}:{step}").shuffle(order)
-            for g0 in range(0, len(order), per_mini):
-                gset = set(order[g0 : g0 + per_mini])
-                idx = [i for i, s in enumerate(samples) if s.group in gset]
-                n_tok = int(mask[idx].sum())
-                if n_tok == 0:
-                    continue
-                lr = lr_at(step, base_lr=rl.lr, warmup_steps=rl.warmup_steps, total_steps=rl.steps,
-                           schedule=rl.lr_schedule)
-                for gparam in opt.param_groups:
-                    gparam["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                ent_sum, ent_n = 0.0, 0
-                for mb_local in _micro_batches([lengths[i] for i in idx], rl.micro_batch_tokens):
-                    mb = [idx[j] for j in mb_local]
-                    lp, ent = sequence_logprobs(model, [prompts[i] for i in mb], [responses[i] for i in mb], pad,
-                                                with_entropy=True)
-                    w = lp.shape[1]
-                    if single_update:
-                        old[mb, :w] = lp.detach()
-                    loss, pm = policy_loss(old[mb, :w], lp, adv[mb, :w], mask[mb, :w], actor_cfg,
-                                           batch_num_tokens=n_tok, global_batch_size=len(idx))
-                    if rl.entropy_coef:
-                        ent_w = (ent * mask[mb, :w]).sum() / n_tok
-                        loss = loss - rl.entropy_coef * ent_w
-                    loss.backward()
-                    stats["pg_loss"].append(loss.item())
-                    stats["clipfrac"].append(pm["actor/pg_clipfrac"])
-                    stats["clipfrac_lower"].append(pm["actor/pg_clipfrac_lower"])
-                    stats["ppo_kl"].append(pm["actor/ppo_kl"])
-                    ent_sum += float((ent * mask[mb, :w]).sum())
-                    ent_n += int(mask[mb, :w].sum())
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip)
-                opt.step()
-                stats["grad_norm"].append(float(gn))
-                stats["entropy"].append(ent_sum / max(ent_n, 1))
-        model.eval()
-        # How far from the policy the trained tokens are: spliced (purified) turns were sampled in a context
-        # that no longer exists, so their recomputed log-probs show how off-policy SAAR makes the batch.
-        spliced = torch.tensor([bool(s.traj.stats.get("spliced")) for s in samples])
-        logp_stats = {}
-        for name, sel in (("logp_spliced", spliced), ("logp_unspliced", ~spliced)):
-            m = mask[sel].float()
-            logp_stats[name] = float((old[sel] * m).sum() / m.sum()) if m.sum() > 0 else None
-        out = {k: _mean(v) for k, v in stats.items()}
-        out.update({"updated": True, "update_s": time.perf_counter() - t0, "lr": lr_at(
-            step, base_lr=rl.lr, warmup_steps=rl.warmup_steps, total_steps=rl.steps, schedule=rl.lr_schedule),
-            "trained_trajectories": sum(s.in_loss for s in samples), **logp_stats})
-        return out
-
-    asyncio.run(run_steps())
-    metrics.close()
-    if step >= rl.steps:
-        save_hf_model(model, tok, out / "final")
-    summary = {"steps": step, "elapsed_s": elapsed, "complete": step >= rl.steps,
-               "model_dir": str(out / "final") if step >= rl.steps else None}
-    write_json_atomic(summary, out / "summary.json")
-    return summary
+    async with Sandbox(workers=sandbox_workers, config=sandbox_config) as box:
+        ctx = RolloutContext(gen, box, fmt, rows, rl, agent, peers, seed)
+        bar = tqdm(total=rl.steps, initial=state.step, desc="rl", disable=not progress, dynamic_ncols=True)
+        try:
+            if state.step == 0 and val_rows:
+                metrics.write({"step": 0, **await validate(gen, box, fmt, val_rows, val_agent, k=rl.val_k)})
+            while state.step < rl.steps and (stop_after is None or done_this_call < stop_after):
+                t0 = time.perf_counter()
+                # 1) rollout and score (the policy in eval mode; SAAR purifies inside the agent loop)
+                state.model.eval()
+                rollouts = await rollout_and_score(ctx, state.step)
+                # 2) update on the kept trajectories
+                row = _step_metrics(rollouts.all_samples, rollouts.kept)
+                if rollouts.kept:
+                    batch = build_update_batch(rollouts.kept, pad_id=pad, norm_adv_by_std=rl.norm_adv_by_std)
+                    update = rl_update(state, batch, rl, actor_cfg, pad_id=pad, seed=seed)
+                    update.pop("updates")
+                    row.update(update)
+                    row["zero_adv_group_frac"] = zero_advantage_group_fraction(batch)
+                else:
+                    row["updated"] = False
+                row.update({"rollout_s": rollouts.rollout_s, "sampling_rounds": rollouts.rounds})
+                # 3) log (and validate, checkpoint)
+                dt = time.perf_counter() - t0
+                state.elapsed_s += dt
+                state.step += 1
+                done_this_call += 1
+                row.update({"step": state.step, "step_time_s": dt, "elapsed_s": state.elapsed_s})
+                if val_rows and (state.step % rl.val_every == 0 or state.step == rl.steps):
+                    row.update(await validate(gen, box, fmt, val_rows, val_agent, k=rl.val_k))
+                metrics.write(row)
+                bar.update(1)
+                bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row['acc']:.2f}",
+                                fail=f"{row['tool_failures_after']:.2f}")
+                if state.step % rl.checkpoint_every == 0 or state.step == rl.steps:
+                    save_checkpoint(out / "checkpoints", state.step, state.checkpoint(rl))
+        finally:
+            bar.close()
+            await gen.aclose()
 
 
-def _step_metrics(all_samples: list[_Sample], kept: list[_Sample]) -> dict[str, Any]:
+def _step_metrics(all_samples: list[Sample], kept: list[Sample]) -> dict[str, Any]:
     st = [s.traj.stats for s in all_samples]
     n = max(len(st), 1)
     m: dict[str, Any] = {
