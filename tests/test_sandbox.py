@@ -372,3 +372,41 @@ def test_both_templates_give_the_same_answers(box):
     plain = box.run_sync("import sys\nprint('numpy' in sys.modules, sum(range(10)))")
     preloaded = box.run_sync("import sys, numpy\nprint('numpy' in sys.modules, int(numpy.arange(10).sum()))")
     assert (plain.stdout, preloaded.stdout) == ("False 45\n", "True 45\n")  # plain is like a fresh python -c
+
+
+@needs_root
+def test_an_interpreter_under_tmp_gets_the_private_view(tmp_path):
+    """CI and users clone under /tmp: the view's private /tmp must not hide a venv that lives there (it did: the
+    view failed with 'File exists: /tmp/tmp' and the servers fell back to the host's root)."""
+    import subprocess
+
+    assert str(tmp_path).startswith("/tmp/")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    src = Path(__file__).resolve().parents[1] / "src"
+    site_dir = next((venv / "lib").glob("python3*/site-packages"))
+    (site_dir / "cleaner_src.pth").write_text(f"{src}\n")
+    (tmp_path / "secret.txt").write_text("ground truth\n")
+    programs = {
+        "stdlib": "import fractions, socket, decimal; print(fractions.Fraction(1, 3))",
+        "secret": f"print(open({str(tmp_path / 'secret.txt')!r}).read())",
+        "venv": f"open({str(venv / 'pyvenv.cfg')!r}, 'a').write('x')",
+    }
+    probe = (
+        "import json\n"
+        "from cleaner.sandbox import Sandbox\n"
+        f"programs = {programs!r}\n"
+        "with Sandbox(workers=1) as box:\n"
+        "    res = {name: box.run_sync(code, timeout_s=20) for name, code in programs.items()}\n"
+        "    print(json.dumps({'stdlib': [res['stdlib'].status, res['stdlib'].stdout.strip()],\n"
+        "                      'secret': res['secret'].error_type, 'venv': res['venv'].error_type,\n"
+        "                      'isolation': list(res['stdlib'].isolation), 'warnings': list(box.warnings)}))\n"
+    )
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["stdlib"] == ["ok", "1/3"], report
+    assert "private_root" in report["isolation"], report
+    assert not [w for w in report["warnings"] if w.startswith("filesystem view")], report
+    assert report["secret"] == "FileNotFoundError"  # the rest of /tmp is not in the view
+    assert report["venv"] in ("PermissionError", "OSError")  # the venv is there read-only

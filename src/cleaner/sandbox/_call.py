@@ -46,6 +46,7 @@ class ServerState:
     memory: MemoryLimit | None = None
     work_root: str = ""
     private_root: bool = False  # the code sees only the server's view (/tmp and /dev/shm are ours)
+    tmp_keep: frozenset[str] = frozenset()  # entries of the view's /tmp that hold host paths (never cleaned)
     uid: int | None = None
     gid: int | None = None
     seq: int = 0
@@ -222,7 +223,8 @@ class CallRunner:
             if state.private_root:  # the call could write /tmp (its work dir is in it) and /dev/shm
                 for directory in ("/tmp", "/dev/shm"):
                     for name in os.listdir(directory):
-                        _remove_tree(os.path.join(directory, name))
+                        if directory != "/tmp" or name not in state.tmp_keep:
+                            _remove_tree(os.path.join(directory, name))
             else:
                 _remove_tree(workdir)
 

@@ -184,6 +184,10 @@ def build_view(config: SandboxConfig) -> None:
     try:
         _linux.mount("tmpfs", STAGING, "tmpfs", NOSUID_NODEV, "mode=0755,size=1m")
         root = STAGING
+        # The private /tmp first: host paths under /tmp (a venv or a checkout there) are bound inside it, as
+        # read-only mounts on root-owned directories, and the per-call cleanup keeps them (ServerState.tmp_keep).
+        os.mkdir(root + "/tmp", 0o755)
+        _linux.mount("tmpfs", root + "/tmp", "tmpfs", NOSUID_NODEV, f"mode=1777,{size}")
         for link, target in plan.links.items():
             os.makedirs(os.path.dirname(root + link), 0o755, exist_ok=True)
             os.symlink(target, root + link)
@@ -192,8 +196,6 @@ def build_view(config: SandboxConfig) -> None:
         _build_dev(root, device_fds, size)
         os.mkdir(root + "/proc", 0o555)
         _linux.mount("proc", root + "/proc", "proc", NOSUID_NODEV | _linux.MS_NOEXEC, "hidepid=2")
-        os.mkdir(root + "/tmp", 0o755)
-        _linux.mount("tmpfs", root + "/tmp", "tmpfs", NOSUID_NODEV, f"mode=1777,{size}")
     finally:
         for fd in (*source_fds.values(), *device_fds.values()):
             os.close(fd)

@@ -139,6 +139,7 @@ def _build_filesystem_view(state: ServerState) -> None:
         try:
             _fsview.build_view(state.config)
             state.private_root = True
+            state.tmp_keep = frozenset(os.listdir("/tmp"))  # host paths under /tmp bound into the view
             state.work_root = "/tmp"
             state.layers += ["private_root", "readonly_fs", "minimal_dev", "private_tmp"]
             return
