@@ -71,15 +71,28 @@ def _programs(test_pid: int, tcp_port: int, unix_path: str, abstract_name: str) 
     return [*_view_probes(), *_resource_programs(writes, test_pid, tcp_port, unix_path, abstract_name)]
 
 
+def _venv_chain() -> dict[str, str]:
+    """Directory -> the one entry it must show on the way to the venv: a venv inside a checkout (make install's
+    .venv) puts the checkout's folder in the view, holding nothing but that path."""
+    chain, path = {}, os.path.realpath(VENV)
+    while path != "/":
+        chain[os.path.dirname(path)] = os.path.basename(path)
+        path = os.path.dirname(path)
+    return chain
+
+
 def _view_probes() -> list[Hostile]:
     """The filesystem view: nothing of ours by any path (absolute, .., /proc/<pid>/cwd|root, symlinks)."""
     read_any = (
         "import os\n"
+        f"VENV_CHAIN = {_venv_chain()!r}\n"
         "def probe(path):\n"
         "    try:\n"
         "        if os.path.isdir(path):\n"
-        "            names = os.listdir(path)\n"
-        "            print('LEAK', path, names[:5])\n"
+        "            shown = VENV_CHAIN.get(os.path.realpath(path))\n"
+        "            names = [n for n in os.listdir(path) if n != shown]\n"
+        "            if names or shown is None:\n"
+        "                print('LEAK', path, names[:5])\n"
         "        else:\n"
         "            with open(path, 'rb') as fh:\n"
         "                fh.read(64)\n"
