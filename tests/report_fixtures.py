@@ -21,12 +21,18 @@ WALL_S = {"eval": 0.5, "eval_saar": 0.8}
 
 
 def synthetic_config(tmp: Path, name: str = "synth", *, baseline: str = "baseline", split: str = "test",
-                     k: int = K) -> tuple[dict[str, Any], Path]:
+                     k: int = K, regime: str | None = None) -> tuple[dict[str, Any], Path]:
+    """smoke.yaml with arms ``baseline`` and ``cleaner``; with ``regime`` also ``<regime>_baseline`` and
+    ``<regime>_cleaner`` in that testbed data regime."""
     from cleaner.config import load_config
 
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     cfg.update(name=name, seeds=[0, 1, 2])
     cfg["experiments"] = {baseline: {}, "cleaner": {"saar": {"enabled": True}}}
+    if regime:
+        cfg["regimes"] = {regime: {"testbed": {"data": {"recovery_demos": 1.0}}}}
+        cfg["experiments"].update({f"{regime}_baseline": {"regime": regime},
+                                   f"{regime}_cleaner": {"regime": regime, "saar": {"enabled": True}}})
     cfg["eval"].update(k=k, splits=[split])
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -65,34 +71,43 @@ def _summary(records: list[dict[str, Any]], mode: str, grading: str | None, k: i
 
 
 def write_results(results: Path, *, grading: str | None = "reference", rl_steps: int = 6, saar_eval: bool = True,
-                  baseline: str = "baseline", split: str = "test", k: int = K) -> None:
-    """eval/, eval_saar/ (cleaner only), rl/metrics.jsonl, benchmarks/ and logs/ under ``results``."""
+                  baseline: str = "baseline", split: str = "test", k: int = K, regime: str | None = None,
+                  acc_shift: float = 0.0) -> None:
+    """eval/, eval_saar/ (cleaner only), rl/metrics.jsonl, benchmarks/ and logs/ under ``results``.
+
+    With ``regime``: experiments ``<regime>_baseline`` / ``<regime>_cleaner`` and the SFT start under
+    ``regimes/<regime>/sft/`` (the layout of a testbed data regime); ``acc_shift`` moves every probability."""
+    prefix = f"{regime}_" if regime else ""
     for (arm, mode), p in P_CORRECT.items():
-        exp = baseline if arm == "baseline" else arm
+        p = min(1.0, p + acc_shift)
+        exp = prefix + (baseline if arm == "baseline" else arm)
         if mode == "eval_saar" and not saar_eval:
             continue
         for seed in (0, 1, 2):
             rng = random.Random(f"{arm}:{mode}:{seed}")
-            records = _records(p, rng, WALL_S[mode], 0.1 if exp == "cleaner" else 0.4, k)
+            records = _records(p, rng, WALL_S[mode], 0.1 if arm == "cleaner" else 0.4, k)
             d = results / exp / f"seed{seed}" / mode
             d.mkdir(parents=True, exist_ok=True)
             (d / f"{split}.json").write_text(json.dumps(_summary(records, mode, grading, k)))
             (d / f"{split}.trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             if mode == "eval":
-                _write_rl(results / exp / f"seed{seed}" / "rl", exp, seed, rl_steps)
+                _write_rl(results / exp / f"seed{seed}" / "rl", arm, seed, rl_steps, acc_shift)
                 _write_job(results, "rl", f"{exp}_seed{seed}", 30.0 + seed)
                 _write_job(results, "eval", f"{exp}_seed{seed}_{split}", 4.0)
-    (results / "sft" / "eval").mkdir(parents=True, exist_ok=True)
-    sft = _records(0.3, random.Random("sft"), 0.5, 0.4, k)
-    (results / "sft" / "eval" / f"{split}.json").write_text(json.dumps(_summary(sft, "eval", grading, k)))
-    _write_job(results, "sft", "sft", 120.0)
+    sft_dir = results / "regimes" / regime / "sft" if regime else results / "sft"
+    for mode in ("eval", "eval_saar") if saar_eval else ("eval",):
+        (sft_dir / mode).mkdir(parents=True, exist_ok=True)
+        sft = _records(0.3 + acc_shift, random.Random(f"sft:{regime}:{mode}"), WALL_S[mode], 0.4, k)
+        (sft_dir / mode / f"{split}.json").write_text(json.dumps(_summary(sft, mode, grading, k)))
+        (sft_dir / mode / f"{split}.trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
+    _write_job(results, "sft", f"sft_{regime}" if regime else "sft", 120.0)
 
 
-def _write_rl(rl: Path, exp: str, seed: int, steps: int) -> None:
+def _write_rl(rl: Path, exp: str, seed: int, steps: int, acc_shift: float = 0.0) -> None:
     rl.mkdir(parents=True, exist_ok=True)
     rows = []
     for step in range(1, steps + 1):
-        acc = 0.3 + 0.05 * step + (0.1 if exp == "cleaner" else 0.0) + 0.01 * seed
+        acc = 0.3 + 0.05 * step + (0.1 if exp == "cleaner" else 0.0) + 0.01 * seed + acc_shift
         rows.append({"step": step, "reward": acc, "acc": acc, "step_time_s": 2.0, "elapsed_s": 2.0 * step,
                      "tool_failures_before": 0.4, "tool_failures_after": 0.05 if exp == "cleaner" else 0.4,
                      "saar_triggered": 0.3 if exp == "cleaner" else 0.0, "saar_recovered": 0.2, "saar_failed": 0.1,

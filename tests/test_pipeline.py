@@ -208,7 +208,7 @@ def test_smoke_report_page_in_browser(smoke_run):
     checked = check_report_page(report, report / "index.png")
     assert checked["images"] == 2 and checked["tables"] == 1
     assert checked["cells_checked"] >= 4 * 5  # baseline, cleaner, notool, resume_probe, sft: Pass@1, Pass@k, ...
-    assert "Paired differences to the tools baseline" in checked["text"]
+    assert "Paired differences to the control" in checked["text"]
     assert "Wall time per stage" in checked["text"]
 
 

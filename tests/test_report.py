@@ -14,7 +14,8 @@ import yaml
 
 from report_fixtures import synthetic_config, write_results
 
-from cleaner.report import build_report, load_paper_results
+from cleaner.config import load_config
+from cleaner.report import build_report, control_of, load_paper_results
 from cleaner.stats import load_per_problem, mean_ci, paired_bootstrap_diff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +72,9 @@ def test_paired_difference_is_the_bootstrap_over_the_trajectory_files(synth):
     ctrl = [load_per_problem(res / "baseline" / f"seed{s}" / "eval" / "test.trajectories.jsonl") for s in range(3)]
     iv = paired_bootstrap_diff(treat, ctrl)
     cells = _row(_table(synth["html"], "paired-test"), "cleaner")
-    assert cells[1] == "3"
-    assert cells[2] == f"{100 * iv.mean:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]"
-    assert cells[4] == "yes" and iv.lo > 0  # the synthetic cleaner arm is far better
+    assert cells[1:3] == ["baseline", "3"]
+    assert cells[3] == f"{100 * iv.mean:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]"
+    assert cells[5] == "yes" and iv.lo > 0  # the synthetic cleaner arm is far better
 
 
 def test_test_time_saar_rows_and_the_latency_it_adds(synth):
@@ -101,7 +102,10 @@ def test_grading_mode_is_shown_when_evals_record_it(synth):
 
 def test_rl_steps_and_saar_statistics(synth):
     steps = _row(_table(synth["html"], "steps"), "cleaner")
-    assert steps[1] == "seed0: 6, seed1: 4, seed2: 4"
+    # baseline's final val moving average (2 points): mean over seeds of (0.5 + 0.6) / 2 + 0.01 * seed = 56.0%
+    assert steps[1:3] == ["baseline", "56.0"]
+    # the control itself: seed0 ends at 55% < the 56% mean, so it never reaches its own mean
+    assert steps[3:] == ["seed0: 6, seed1: 4, seed2: 4", "3/3", "seed0: not reached, seed1: 6, seed2: 6"]
     saar = _row(_table(synth["html"], "saar-rollouts"), "cleaner")
     assert saar[1] == "0.300"  # saar_triggered
     assert "zero-advantage groups" in _table(synth["html"], "saar-rollouts")
@@ -150,3 +154,85 @@ def test_paper_results_yaml_is_valid_for_every_paper_config():
         for setting, exp in pc["arms"].items():
             assert exp in cfg["experiments"], (name, exp)
             assert set(pc["results"][setting]) <= set(cfg["eval"]["splits"]), (name, setting)
+
+
+# ----------------------------------------------------------------------------------------- regimes and controls
+
+
+@pytest.fixture(scope="module")
+def regimes(tmp_path_factory):
+    """Default regime + a 'paper' regime whose arms all sit 0.1 higher: a report that compared paper_cleaner with
+    the default baseline (or started it from the default SFT model) would show it."""
+    tmp = tmp_path_factory.mktemp("regimes")
+    cfg, cfg_path = synthetic_config(tmp, regime="paper")
+    write_results(tmp / "results")
+    write_results(tmp / "results", regime="paper", acc_shift=0.1)
+    summary = build_report(cfg, tmp / "results", tmp / "report", config_path=cfg_path)
+    return {"tmp": tmp, "cfg": cfg, "summary": summary, "html": (tmp / "report" / "index.html").read_text(),
+            "csv": list(csv.DictReader((tmp / "report" / "final_metrics.csv").open()))}
+
+
+def test_control_is_the_baseline_of_the_same_regime_unless_set():
+    cfg = {"experiments": {"baseline": {}, "cleaner": {}, "baseline_4upd": {}, "cleaner_4upd": {"control": "baseline_4upd"},
+                           "paper_baseline": {"regime": "paper"}, "paper_cleaner": {"regime": "paper"},
+                           "other_cleaner": {"regime": "other"}}}
+    assert control_of(cfg, "cleaner") == "baseline"
+    assert control_of(cfg, "cleaner_4upd") == "baseline_4upd"
+    assert control_of(cfg, "paper_cleaner") == "paper_baseline"
+    assert control_of(cfg, "baseline") is None  # the baseline is nobody's treatment
+    assert control_of(cfg, "other_cleaner") is None  # regime without a baseline: no cross-regime fallback
+
+
+@pytest.mark.parametrize("control, message", [
+    ("nope", "unknown experiment 'nope'"), ("cleaner", "an experiment cannot be its own control"),
+    ("paper_baseline", "'paper_baseline' is in regime paper, 'cleaner' in default")])
+def test_a_bad_control_is_refused_naming_the_field(tmp_path, control, message):
+    from cleaner.config import ConfigError
+
+    cfg, _ = synthetic_config(tmp_path, regime="paper")
+    cfg["experiments"]["cleaner"]["control"] = control
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=re.escape(f"experiments.cleaner.control: {message}")):
+        load_config(bad)
+
+
+def test_each_regime_is_compared_with_its_own_baseline_and_sft_start(regimes):
+    rows = {(r["arm"], r["regime"]) for r in regimes["csv"]}
+    assert ("sft (start, paper regime)", "paper") in rows and ("sft (start)", "default") in rows
+    assert ("sft (start, paper regime) [SAAR at test time]", "paper") in rows
+    res = regimes["tmp"] / "results"
+    treat = [load_per_problem(res / "paper_cleaner" / f"seed{s}" / "eval" / "test.trajectories.jsonl") for s in range(3)]
+    ctrl = [load_per_problem(res / "paper_baseline" / f"seed{s}" / "eval" / "test.trajectories.jsonl") for s in range(3)]
+    iv = paired_bootstrap_diff(treat, ctrl)
+    cells = _row(_table(regimes["html"], "paired-test"), "paper_cleaner")
+    assert cells[1:4] == ["paper_baseline", "3", f"{100 * iv.mean:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]"]
+    steps = _row(_table(regimes["html"], "steps"), "paper_cleaner")
+    assert steps[1:3] == ["paper_baseline", "66.0"]  # the paper baseline's final val average, not the default's 56.0
+    assert "paper_baseline" not in [c[0] for c in _rows(_table(regimes["html"], "paired-test"))]
+
+
+def test_an_arm_with_saar_at_test_time_is_compared_with_its_control_both_ways(regimes):
+    rows = [c for c in _rows(_table(regimes["html"], "paired-test")) if c[0] == "cleaner [SAAR at test time]"]
+    # the fixture evaluates only cleaner with SAAR at test time, so the control's SAAR-off arm is the one present
+    assert [c[1] for c in rows] == ["baseline"]
+    res = regimes["tmp"] / "results"
+    treat = [load_per_problem(res / "cleaner" / f"seed{s}" / "eval_saar" / "test.trajectories.jsonl") for s in range(3)]
+    ctrl = [load_per_problem(res / "baseline" / f"seed{s}" / "eval" / "test.trajectories.jsonl") for s in range(3)]
+    iv = paired_bootstrap_diff(treat, ctrl)
+    assert rows[0][3] == f"{100 * iv.mean:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]"
+
+
+def test_test_time_saar_rows_include_each_sft_start(regimes):
+    starts = [c for c in _rows(_table(regimes["html"], "test-time-saar")) if c[1].startswith("sft (start")]
+    assert sorted(c[1] for c in starts) == ["sft (start)", "sft (start, paper regime)"]
+    assert all(c[4] != "n/a" for c in starts)  # paired over the SFT trajectories (seed -1 on both sides)
+
+
+def _rows(table_html: str) -> list[list[str]]:
+    out = []
+    for row in re.findall(r"<tr>(.*?)</tr>", table_html, re.S):
+        cells = [" ".join(re.sub(r"<[^>]+>", " ", c).split()) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+        if cells and not row.lstrip().startswith("<th>arm") and "<td" in row:
+            out.append(cells)
+    return out

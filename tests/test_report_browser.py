@@ -22,7 +22,7 @@ def test_synthetic_report_renders_in_chromium(tmp_path):
     assert checked["images"] == 2
     assert checked["tables"] == 1
     assert checked["cells_checked"] == 28  # 4 arms (sft start included) x 7 metrics, all with values here
-    assert "Paired differences to the tools baseline" in checked["text"]
+    assert "Paired differences to the control" in checked["text"]
 
 
 def test_a_wrong_number_on_the_page_is_caught(tmp_path):

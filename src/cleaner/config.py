@@ -62,9 +62,29 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not lines:
         for name in config.get("experiments") or {}:
             lines += _errors(resolve_experiment(config, name), prefix=f"experiments.{name}: ")
+        lines += _control_errors(config)
     if lines:
         raise ConfigError("invalid configuration:\n" + "\n".join(lines[:10]))
     return config
+
+
+def _control_errors(config: Mapping[str, Any]) -> list[str]:
+    """``experiments.<name>.control`` must name another experiment of the same data regime."""
+    experiments = config.get("experiments") or {}
+    lines = []
+    for name, exp in experiments.items():
+        control = (exp or {}).get("control")
+        if control is None:
+            continue
+        where = f"  experiments.{name}.control: "
+        if control == name:
+            lines.append(where + "an experiment cannot be its own control")
+        elif control not in experiments:
+            lines.append(where + f"unknown experiment {control!r}; configured: {sorted(experiments)}")
+        elif (experiments[control] or {}).get("regime") != (exp or {}).get("regime"):
+            lines.append(where + f"{control!r} is in regime {(experiments[control] or {}).get('regime') or 'default'}, "
+                         f"{name!r} in {(exp or {}).get('regime') or 'default'}: a control shares the SFT start")
+    return lines
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -101,7 +121,7 @@ def resolve_experiment(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     if name not in experiments:
         raise ConfigError(f"unknown experiment {name!r}; configured: {sorted(experiments)}")
     exp = experiments[name] or {}
-    bad = sorted(set(exp) - set(OVERRIDABLE) - {"description", "seeds", "steps_from", "regime"})
+    bad = sorted(set(exp) - set(OVERRIDABLE) - {"description", "seeds", "steps_from", "regime", "control"})
     if bad:
         raise ConfigError(f"experiments.{name}: cannot override {bad}; overridable sections: {list(OVERRIDABLE)}")
     resolved = resolve_regime(config, exp["regime"]) if exp.get("regime") else copy.deepcopy(dict(config))

@@ -10,7 +10,7 @@ Inputs are what the pipeline writes under ``results/<name>/``:
 
 Outputs: ``final_metrics.csv`` (one row per arm x seed x split), ``final_metrics.md`` (mean and 95% interval
 over seeds), ``training_curves.png`` and ``index.html``: one self-contained page (figures inline as base64 PNG,
-no network) with everything above, the paired difference of each arm to the tools baseline, the paper's
+no network) with everything above, the paired difference of each arm to its control (by default the tools baseline of its data regime), the paper's
 published numbers beside ours (``cleaner/data/paper_results.yaml``) and what produced the run.
 
 Statistics come from :mod:`cleaner.stats`: Student-t intervals over seeds for each arm; a paired two-level
@@ -34,7 +34,8 @@ from typing import Any, Iterable, Sequence
 
 from cleaner.fsutil import atomic_write, write_text_atomic
 
-__all__ = ["build_report", "merge_eval", "steps_to_reach", "load_paper_results"]
+__all__ = ["build_report", "control_of", "merge_eval", "regime_of", "sft_label", "steps_to_reach",
+           "load_paper_results"]
 
 METRICS = ("pass@1", "tool_failures_per_trajectory", "tool_calls_per_trajectory", "response_length",
            "first_call_failure_rate", "recovered_correct_rate")
@@ -95,8 +96,36 @@ def _arm_label(exp: str, mode: str) -> str:
     return exp if mode == "eval" else f"{exp} [{EVAL_MODES[mode]}]"
 
 
-def _eval_row(exp: str, seed: int, split: str, mode: str, summ: dict[str, Any], traj: Path | None) -> dict[str, Any]:
+def regime_of(config: dict[str, Any], exp: str) -> str | None:
+    """The testbed data regime an experiment starts from (None: the default SFT model)."""
+    return (config["experiments"].get(exp) or {}).get("regime") or None
+
+
+def control_of(config: dict[str, Any], exp: str) -> str | None:
+    """The experiment ``exp`` is compared with: ``experiments.<exp>.control`` when set, else the tools baseline of
+    its regime (``baseline`` / ``tools_baseline``; in regime r ``r_baseline`` / ``r_tools_baseline``); None for the
+    baseline itself or when the regime has none."""
+    experiments = config["experiments"]
+    explicit = (experiments.get(exp) or {}).get("control")
+    if explicit:
+        return explicit
+    regime = regime_of(config, exp)
+    names = ("baseline", "tools_baseline") if regime is None else (f"{regime}_baseline", f"{regime}_tools_baseline")
+    for name in names:
+        if name in experiments and name != exp and regime_of(config, name) == regime:
+            return name
+    return None
+
+
+def sft_label(regime: str | None) -> str:
+    """The report's name for the SFT model RL starts from, per data regime."""
+    return "sft (start)" if regime is None else f"sft (start, {regime} regime)"
+
+
+def _eval_row(exp: str, seed: int, split: str, mode: str, summ: dict[str, Any], traj: Path | None,
+              regime: str | None = None) -> dict[str, Any]:
     return {"experiment": exp, "arm": _arm_label(exp, mode), "eval": mode, "seed": seed, "split": split,
+            "regime": regime or "default", "start": exp.startswith("sft (start"),
             **{m: summ.get(m) for m in METRICS}, "pass@k": _passk(summ), "k": summ.get("k"),
             "grading": summ.get("grading"), "saar_at_test_time": summ.get("saar_at_test_time"),
             "wall_s_per_problem": summ.get("wall_s_per_problem"),
@@ -104,7 +133,8 @@ def _eval_row(exp: str, seed: int, split: str, mode: str, summ: dict[str, Any], 
 
 
 def collect_eval_rows(config: dict[str, Any], results: Path) -> list[dict[str, Any]]:
-    """One row per experiment x seed x eval mode x split (and the SFT start, lm-eval tasks when present)."""
+    """One row per experiment x seed x eval mode x split, the SFT start of each regime (``sft/`` and
+    ``regimes/<r>/sft/``, both eval modes) and lm-eval tasks when present."""
     from cleaner.config import resolve_experiment
 
     rows: list[dict[str, Any]] = []
@@ -117,17 +147,22 @@ def collect_eval_rows(config: dict[str, Any], results: Path) -> list[dict[str, A
                     p = base / mode / f"{split}.json"
                     if p.exists():
                         traj = p.with_suffix(".trajectories.jsonl")
-                        rows.append(_eval_row(exp, seed, split, mode, json.loads(p.read_text()), traj))
+                        rows.append(_eval_row(exp, seed, split, mode, json.loads(p.read_text()), traj,
+                                              regime_of(config, exp)))
             lm = base / "lm_eval.json"
             if lm.exists():  # lm-evaluation-harness's own tasks (no-tool arms, real data)
                 for task, res in json.loads(lm.read_text())["tasks"].items():
                     rows.append({"experiment": exp, "arm": f"{exp} (lm-eval, no tool)", "eval": "lm_eval",
-                                 "seed": seed, "split": task, "pass@1": res["value"], "pass@k": None})
-    for split in splits:
-        p = results / "sft" / "eval" / f"{split}.json"
-        if p.exists():
-            row = _eval_row("sft (start)", -1, split, "eval", json.loads(p.read_text()), None)
-            rows.append({**row, "arm": "sft (start)"})
+                                 "seed": seed, "split": task, "pass@1": res["value"], "pass@k": None,
+                                 "regime": regime_of(config, exp) or "default", "start": False})
+    starts = [(None, results / "sft")] + [(r, results / "regimes" / r / "sft") for r in config.get("regimes") or {}]
+    for regime, sft_dir in starts:
+        for mode in EVAL_MODES:
+            for split in splits:
+                p = sft_dir / mode / f"{split}.json"
+                if p.exists():
+                    rows.append(_eval_row(sft_label(regime), -1, split, mode, json.loads(p.read_text()),
+                                          p.with_suffix(".trajectories.jsonl"), regime))
     return rows
 
 
@@ -245,36 +280,47 @@ def steps_to_reach(curve: Sequence[tuple[int, float]], target: float, *, window:
     return None
 
 
-def _baseline_name(config: dict[str, Any]) -> str | None:
-    for name in ("baseline", "tools_baseline"):
-        if name in config["experiments"]:
-            return name
-    return None
+def _curve_metric(cdf) -> str:
+    return "val/pass@1" if "val/pass@1" in cdf and cdf["val/pass@1"].notna().any() else "acc"
 
 
-def _steps_to_baseline(cdf, *, baseline: str | None, window: int | None = None) -> dict[str, Any]:
-    """RL steps each experiment x seed needs to reach the baseline's final accuracy.
+def _steps_to_control(cdf, config: dict[str, Any], *, window: int | None = None) -> dict[str, Any]:
+    """RL steps each experiment x seed needs to reach its control's final accuracy (the paper: CLEANER reaches the
+    baseline's final accuracy in a third of the steps).
 
-    Uses the validation Pass@1 curve (SAAR off, paired sampling seeds) when the runs logged one, else the
-    training accuracy (which for CLEANER includes its hidden retries, so it is not comparable across arms).
-    Moving average over ``window`` points of the curve (default: 2 validation points, or 5 training steps)."""
-    metric = "val/pass@1" if "val/pass@1" in cdf and cdf["val/pass@1"].notna().any() else "acc"
-    if baseline is None or metric not in cdf:
+    The control of an experiment is :func:`control_of` (same regime, same SFT start). Target: the control's final
+    moving average (mean over its seeds). The control's own steps to that target are reported beside it, so the
+    ratio reads directly. Uses the validation Pass@1 curve (paired sampling seeds, same validation protocol for
+    every arm) when the runs logged one, else the training accuracy (which for CLEANER includes its hidden
+    retries, so it is not comparable across arms). Moving average over ``window`` points of the curve (default:
+    2 validation points, or 5 training steps)."""
+    if cdf.empty:
+        return {}
+    metric = _curve_metric(cdf)
+    if metric not in cdf:
         return {}
     window = window or (2 if metric == "val/pass@1" else 5)
     data = cdf[cdf[metric].notna()]
-    finals = []
-    for _, g in data[data.experiment == baseline].groupby("seed"):
-        finals.append(_smooth(list(g.sort_values("step")[metric]), window)[-1])
-    if not finals:
-        return {}
-    target = sum(finals) / len(finals)
-    out: dict[str, Any] = {"metric": metric, "target": target, "window": window, "by_experiment": {}}
-    for (exp, seed), g in data.groupby(["experiment", "seed"]):
-        g = g.sort_values("step")
-        out["by_experiment"].setdefault(exp, {})[int(seed)] = steps_to_reach(list(zip(g.step, g[metric])), target,
-                                                                            window=window)
-    return out
+
+    def per_seed(exp: str) -> dict[int, list[tuple[int, float]]]:
+        return {int(seed): list(zip(g.sort_values("step").step, g.sort_values("step")[metric]))
+                for seed, g in data[data.experiment == exp].groupby("seed")}
+
+    out: dict[str, Any] = {"metric": metric, "window": window, "by_experiment": {}}
+    for exp in dict.fromkeys(data.experiment):
+        control = control_of(config, exp) if exp in config["experiments"] else None
+        if control is None:
+            continue
+        ctrl_curves = per_seed(control)
+        if not ctrl_curves:
+            continue
+        target = sum(_smooth([v for _, v in c], window)[-1] for c in ctrl_curves.values()) / len(ctrl_curves)
+        out["by_experiment"][exp] = {
+            "control": control, "target": target,
+            "steps": {s: steps_to_reach(c, target, window=window) for s, c in sorted(per_seed(exp).items())},
+            "control_steps": {s: steps_to_reach(c, target, window=window) for s, c in sorted(ctrl_curves.items())},
+            "last_step": int(data[data.experiment == exp].step.max())}
+    return out if out["by_experiment"] else {}
 
 
 # SAAR during RL: (metrics.jsonl column, header). The last two come from engines that log them (optional).
@@ -347,21 +393,33 @@ def metric_tables(df) -> list[Table]:
     return tables
 
 
-def paired_tables(df, baseline: str | None) -> list[Table]:
-    """Per split: each arm minus the tools baseline, paired bootstrap over seeds x problems."""
-    if baseline is None:
-        return []
+def paired_tables(df, config: dict[str, Any]) -> list[Table]:
+    """Per split: each arm minus its control (:func:`control_of`), paired bootstrap over seeds x problems.
+
+    An arm evaluated with SAAR at test time is compared with its control evaluated the same way and with its
+    control evaluated with SAAR off (the authors' protocol: CLEANER rolls back at test time, the baseline cannot)."""
     tables = []
-    for split in list(dict.fromkeys(df[df["eval"].isin(list(EVAL_MODES))].split)):
-        sub = df[(df.split == split) & df["eval"].isin(list(EVAL_MODES)) & (df.experiment != "sft (start)")]
-        t = Table(f"paired-{split}", f"{split}: difference to the tools baseline ({baseline}), paired", [
-            "arm", "seeds paired", "Δ Pass@1 (points)", "Δ tool failures / traj", "interval excludes 0 (Pass@1)"],
-            note="Paired two-level bootstrap over seeds x problems (same seeds, same problems, 4000 replicates), "
-                 "95% percentile interval; from the eval trajectories files.")
-        for arm in dict.fromkeys(sub.arm):
-            if arm == baseline:
+    modes = df[df["eval"].isin(list(EVAL_MODES))]
+    for split in list(dict.fromkeys(modes.split)):
+        sub = modes[(modes.split == split) & ~modes.start.astype(bool)]
+        t = Table(f"paired-{split}", f"{split}: difference to the control, paired", [
+            "arm", "control", "seeds paired", "Δ Pass@1 (points)", "Δ tool failures / traj",
+            "interval excludes 0 (Pass@1)"],
+            note="Control: experiments.<name>.control, else the tools baseline of the arm's data regime. Paired "
+                 "two-level bootstrap over seeds x problems (same seeds, same problems, 4000 replicates), 95% "
+                 "percentile interval; from the eval trajectories files.")
+        present = set(sub.arm)
+        for exp in dict.fromkeys(sub.experiment):
+            control = control_of(config, exp) if exp in config["experiments"] else None
+            if control is None:
                 continue
-            t.rows.append(_paired_row(df, split, arm, baseline))
+            for mode in EVAL_MODES:
+                arm = _arm_label(exp, mode)
+                if arm not in present:
+                    continue
+                for ctrl in dict.fromkeys([_arm_label(control, mode), control]):
+                    if ctrl in present:
+                        t.rows.append(_paired_row(df, split, arm, ctrl))
         if t.rows:
             tables.append(t)
     return tables
@@ -372,11 +430,11 @@ def _paired_row(df, split: str, arm: str, control: str) -> list[Cell | str]:
         acc = paired_difference(df, split, arm, control, "acc")
         fails = paired_difference(df, split, arm, control, "tool_failures_after")
     except ValueError as e:
-        return [arm, "-", Cell("n/a", title=str(e)), "-", "-"]
+        return [arm, control, "-", Cell("n/a", title=str(e)), "-", "-"]
     if acc is None:
-        return [arm, "0", Cell("n/a", title="no trajectories for a common seed"), "-", "-"]
+        return [arm, control, "0", Cell("n/a", title="no trajectories for a common seed"), "-", "-"]
     verdict = "yes" if acc.excludes_zero() else "no"
-    return [arm, str(acc.n), Cell(_interval_text(acc, True, 1, signed=True), css=_sign_css(acc.mean)),
+    return [arm, control, str(acc.n), Cell(_interval_text(acc, True, 1, signed=True), css=_sign_css(acc.mean)),
             Cell(_interval_text(fails, False, 3, signed=True)), verdict]
 
 
@@ -452,11 +510,18 @@ def steps_table(reach: dict[str, Any]) -> Table | None:
     if not reach:
         return None
     what = "validation Pass@1" if reach["metric"] == "val/pass@1" else "training accuracy"
-    t = Table("steps", f"RL steps to reach the baseline's final {what} ({reach['target'] * 100:.1f}%, moving "
-              f"average over {reach['window']} points)", ["experiment", "steps per seed"])
-    for exp, per_seed in reach["by_experiment"].items():
-        cells = ", ".join(f"seed{s}: {'not reached' if v is None else v}" for s, v in sorted(per_seed.items()))
-        t.rows.append([exp, cells])
+    t = Table("steps", f"RL steps to reach the control's final {what} (moving average over {reach['window']} "
+              "points)", ["experiment", "control", "target %", "steps per seed", "reached", "control's own steps"],
+              note="Target: the control's final moving average, mean over its seeds. 'not reached': not within the "
+                   "run's steps. The control's own steps to the same target give the ratio the paper reports "
+                   "(CLEANER: about a third of the baseline's steps).")
+    for exp, r in reach["by_experiment"].items():
+        def fmt(per_seed: dict[int, int | None]) -> str:
+            return ", ".join(f"seed{s}: {'not reached' if v is None else v}" for s, v in sorted(per_seed.items()))
+
+        reached = sum(v is not None for v in r["steps"].values())
+        t.rows.append([exp, r["control"], f"{100 * r['target']:.1f}", fmt(r["steps"]),
+                       f"{reached}/{len(r['steps'])}", fmt(r["control_steps"])])
     return t
 
 
@@ -706,10 +771,9 @@ def build_report(config: dict[str, Any], results: str | Path, out_dir: str | Pat
     csv_cols = [c for c in df.columns if c != "trajectories"]
     atomic_write(out_dir / "final_metrics.csv", lambda t: df[csv_cols].to_csv(t, index=False), suffix=".csv")
     cdf = pd.DataFrame(collect_curves(config, results))
-    baseline = _baseline_name(config)
-    reach = _steps_to_baseline(cdf, baseline=baseline) if not cdf.empty else {}
+    reach = _steps_to_control(cdf, config)
     paper = load_paper_results()
-    tables = {"metrics": metric_tables(df), "paired": paired_tables(df, baseline),
+    tables = {"metrics": metric_tables(df), "paired": paired_tables(df, config),
               "test_time_saar": [t for t in [saar_at_test_time_table(df)] if t],
               "paper": [t for t in [paper_table(df, config, paper)] if t],
               "steps": [t for t in [steps_table(reach)] if t], "saar": [t for t in [saar_table(cdf)] if t]}
@@ -722,7 +786,7 @@ def build_report(config: dict[str, Any], results: str | Path, out_dir: str | Pat
     times = stage_times(results)
     page = render_html(config, tables, figures, timing_table(times), provenance(config, config_path))
     write_text_atomic(out_dir / "index.html", page)
-    return {"rows": len(df), "curve_points": len(cdf), "steps_to_baseline": reach,
+    return {"rows": len(df), "curve_points": len(cdf), "steps_to_control": reach,
             "tables": sum(len(g) for g in tables.values()), "html": str(out_dir / "index.html")}
 
 
@@ -753,7 +817,7 @@ pre{background:#fff;border:1px solid #dfe3e8;padding:10px;font-size:.8em;overflo
 dl{display:grid;grid-template-columns:max-content auto;gap:4px 16px;font-size:.9em}dt{font-weight:600}dd{margin:0}
 """
 
-_SECTIONS = (("metrics", "Metrics per arm"), ("paired", "Paired differences to the tools baseline"),
+_SECTIONS = (("metrics", "Metrics per arm"), ("paired", "Paired differences to the control"),
              ("test_time_saar", "SAAR at test time"), ("paper", "Paper comparison"), ("steps", "RL steps"),
              ("saar", "SAAR during RL"))
 
