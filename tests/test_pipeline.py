@@ -247,7 +247,8 @@ def test_status_of_the_smoke_run(smoke_run):
 def test_ablation_config_plans_both_regimes_and_both_saar_modes():
     """config/testbed-ablations.yaml: 6 arms x 2 regimes x 3 seeds, each run evaluated with SAAR off and on,
     the paper regime on its own data and SFT branch."""
-    out = _run(["-n", "--configfile", "config/testbed-ablations.yaml"], ROOT, timeout=300)
+    # --forceall: the plan of the whole grid, whatever results/testbed-ablations/ already holds in this checkout
+    out = _run(["-n", "--forceall", "--configfile", "config/testbed-ablations.yaml"], ROOT, timeout=300)
     text = out.stdout + out.stderr
     counts = {}
     for line in text[text.index("Job stats"):].splitlines()[3:]:
