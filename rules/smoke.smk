@@ -1,7 +1,8 @@
 # paper_smoke (verl engine): every GPU stage of the config on a handful of rows with the real model, on one node:
 # SFT (one step + conversion), the 7B difficulty rollouts, one RL step per arm (+ conversion) and one evaluation
-# per benchmark (SAAR at test time on when the config evaluates with it). What a user runs first on a new site: a broken driver, template or memory budget shows up in
-# minutes. `cleaner verl overrides --smoke` shrinks each stage (engines/verl/overrides.py: smoke_overrides).
+# per benchmark (SAAR at test time on when the config evaluates with it). What a user runs first on a new site: a
+# broken driver, template or memory budget shows up in minutes. `cleaner verl overrides --smoke` shrinks each stage
+# (engines/verl/overrides.py: smoke_overrides).
 
 if ENGINE == "verl":
 

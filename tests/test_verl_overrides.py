@@ -540,7 +540,7 @@ def test_validation_saar_refused_where_verl_cannot_run_it(configs, tmp_path):
     kw = dict(train_files=TRAIN, val_files=VAL, output_dir=tmp_path, model_path="/m")
     with pytest.raises(ConfigError, match=r"experiments.tools_is: rl.rollout_is_correction .*eval.saar_at_validation"):
         build_ppo_overrides(cfg, "tools_is", **kw)
-    with pytest.raises(ConfigError, match=r"experiments.stock: verl.baseline_agent_loop=tool_agent .*saar_at_validation"):
+    with pytest.raises(ConfigError, match=r"experiments.stock: verl.baseline_agent_loop=tool_agent .*at_validation"):
         build_ppo_overrides(cfg, "stock", **kw)
     plain = compose_ppo_config(build_ppo_overrides(cfg, "tools_plain", **kw))
     validate_ppo_config(plain)
@@ -554,7 +554,7 @@ def test_validation_saar_refused_where_verl_cannot_run_it(configs, tmp_path):
 
 
 def test_cli_saar_flag(tmp_path):
-    """`cleaner verl overrides --stage eval --saar on|off` writes val_saar on / off; without it, eval.saar_at_test_time."""
+    """`cleaner verl overrides --stage eval --saar on|off` writes val_saar on / off; without it: saar_at_test_time."""
     import argparse
 
     from cleaner.engines.verl.cli import add_commands

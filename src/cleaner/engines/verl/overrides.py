@@ -751,7 +751,8 @@ def prepare_run(
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; expected one of {STAGES}")
     if saar is not None and stage != "eval":
-        raise ConfigError(f"--saar applies to the eval stage only (rl validation: eval.saar_at_validation), not {stage}")
+        raise ConfigError(
+            f"--saar applies to the eval stage only (rl validation follows eval.saar_at_validation), not {stage}")
     out = Path(output_dir).resolve()
     tool_path: Path | None = None
     if stage == "sft":
