@@ -38,8 +38,8 @@ def _cli(*, gpu=False):
 
 CLI = _cli()
 GPU_CLI = _cli(gpu=True)
-GPU_RULES = {"sft", "rl", "eval", "eval_sft", "difficulty_rollouts", "smoke_sft", "smoke_rl", "smoke_eval",
-             "smoke_difficulty"}
+GPU_RULES = {"sft", "rl", "eval", "eval_sft", "eval_saar", "eval_sft_saar", "difficulty_rollouts", "smoke_sft",
+             "smoke_rl", "smoke_eval", "smoke_difficulty"}
 
 
 def gpu_env_problem(planned_rules):
@@ -198,10 +198,10 @@ def ray_launcher():
 
 
 def saar_eval_experiments():
-    """Experiments also evaluated with SAAR on at test time (embedded engine: eval_saar/ beside eval/)."""
-    if ENGINE != "embedded":
-        return []
-    return [e for e in EXPERIMENTS if resolve_experiment(config, e)["eval"]["saar_at_test_time"]]
+    """Experiments also evaluated with SAAR on at test time (eval_saar/ beside eval/, either engine): the tool arms
+    with eval.saar_at_test_time (without the tool a SAAR-on run would repeat the SAAR-off one)."""
+    resolved = {e: resolve_experiment(config, e) for e in EXPERIMENTS}
+    return [e for e, r in resolved.items() if r["eval"]["saar_at_test_time"] and r["rollout"]["tools_enabled"]]
 
 
 def eval_saar_outputs():

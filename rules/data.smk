@@ -155,10 +155,11 @@ else:
             n=config["data"]["difficulty_rollouts"],
             model=lambda wc, input: rl_init_model_path(input),
             run=lambda wc, output: str(Path(output.overrides).parent),
+            saar="off",  # the filter keeps prompts by the SFT model's own pass rate, without rollback
         shell:
             "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {params.experiment} "
             "--n-samples {params.n} --drop-overlong-prompts --output-dir {params.run} --val-files {input.train} "
-            "--model-path {params.model} --out {output.overrides} && "
+            "--model-path {params.model} --saar {params.saar} --out {output.overrides} && "
             "{params.cli} verl train --overrides {output.overrides} --stage eval && "
             "{params.cli} verl pass-counts --generations {params.run}/generations --data {input.train} "
             "--model {params.model} --out {output.counts}) > {log} 2>&1"

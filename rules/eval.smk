@@ -1,7 +1,9 @@
-# Agentic evaluation (with the tool) of the SFT model and of every RL run on every eval split.
-# Embedded: cleaner.evaluate with the HF engine; SAAR off in eval/, and, for experiments with
-# eval.saar_at_test_time, SAAR on (eval.saar settings) in eval_saar/ on the same problems and sampling seeds. verl: a validation-only verl run (SGLang, eval.k samples, top-p
-# eval.top_p) whose dumped generations become the same summary (cleaner verl eval-summary).
+# Agentic evaluation (with the tool) of the SFT model and of every RL run on every eval split, on either engine:
+# SAAR off in eval/, and, for tool arms with eval.saar_at_test_time, SAAR on (eval.saar settings, the same for every
+# arm) in eval_saar/ on the same problems and sampling seeds (common.smk: saar_eval_experiments).
+# Embedded: cleaner.evaluate with the HF engine. verl: a validation-only verl run (SGLang, eval.k samples, top-p
+# eval.top_p; `cleaner verl overrides --stage eval --saar on|off`) whose dumped generations become the same summary
+# (cleaner verl eval-summary).
 
 if ENGINE == "embedded":
 
@@ -116,25 +118,6 @@ if ENGINE == "embedded":
         benchmark:
             f"{RES}/benchmarks/eval/sft_saar_{{regime}}_{{split}}.tsv"
 
-    rule eval_saar_summary:
-        input:
-            lambda wc: [f"{RES}/{wc.exp}/seed{wc.seed}/eval_saar/{s}.json" for s in eval_splits()],
-        output:
-            f"{RES}/{{exp}}/seed{{seed}}/eval_saar.json",
-        log:
-            f"{RES}/logs/eval/{{exp}}_seed{{seed}}_saar_summary.log",
-        benchmark:
-            f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_saar_summary.tsv"
-        resources:
-            mem_mb=500,
-            runtime=5,
-        conda:
-            "../envs/cpu.yaml"
-        params:
-            cli=CLI,
-        shell:
-            "{params.cli} report merge-eval --out {output} {input} > {log} 2>&1"
-
 else:
 
     rule eval_sft:
@@ -167,13 +150,14 @@ else:
             k=lambda wc: eval_k(EXPERIMENTS[0], wc.split),
             model=lambda wc, input: rl_init_model_path(input),
             run=lambda wc, output: str(Path(output.overrides).parent),
+            saar="off",
         shell:
             "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {params.experiment} "
             "--output-dir {params.run} --val-files {input.data} --model-path {params.model} "
-            "--n-samples {params.k} --out {output.overrides} && "
+            "--n-samples {params.k} --saar {params.saar} --out {output.overrides} && "
             "{params.cli} verl train --overrides {output.overrides} --stage eval && "
             "{params.cli} verl eval-summary --generations {params.run}/generations --k {params.k} "
-            "--out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"
+            "--saar {params.saar} --out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"
 
     rule eval:
         input:
@@ -204,13 +188,48 @@ else:
             cfg=CONFIGFILE,
             k=lambda wc: eval_k(wc.exp, wc.split),
             run=lambda wc, output: str(Path(output.overrides).parent),
+            saar="off",
         shell:
             "({params.cli} verl overrides --config {params.cfg} --stage eval --experiment {wildcards.exp} "
             "--seed {wildcards.seed} --output-dir {params.run} --val-files {input.data} "
-            "--model-path {input.model} --n-samples {params.k} --out {output.overrides} && "
+            "--model-path {input.model} --n-samples {params.k} --saar {params.saar} --out {output.overrides} && "
             "{params.cli} verl train --overrides {output.overrides} --stage eval && "
             "{params.cli} verl eval-summary --generations {params.run}/generations --k {params.k} "
-            "--out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"
+            "--saar {params.saar} --out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"
+
+    use rule eval_sft as eval_sft_saar with:
+        output:
+            summary=f"{RES}/sft/eval_saar/{{split}}.json",
+            trajectories=f"{RES}/sft/eval_saar/{{split}}.trajectories.jsonl",
+            overrides=f"{RES}/sft/eval_saar/{{split}}_run/overrides.txt",
+        log:
+            f"{RES}/logs/eval/sft_saar_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/sft_saar_{{split}}.tsv"
+        params:
+            cli=GPU_CLI,
+            cfg=CONFIGFILE,
+            experiment=EXPERIMENTS[0],
+            k=lambda wc: eval_k(EXPERIMENTS[0], wc.split),
+            model=lambda wc, input: rl_init_model_path(input),
+            run=lambda wc, output: str(Path(output.overrides).parent),
+            saar="on",
+
+    use rule eval as eval_saar with:
+        output:
+            summary=f"{RES}/{{exp}}/seed{{seed}}/eval_saar/{{split}}.json",
+            trajectories=f"{RES}/{{exp}}/seed{{seed}}/eval_saar/{{split}}.trajectories.jsonl",
+            overrides=f"{RES}/{{exp}}/seed{{seed}}/eval_saar/{{split}}_run/overrides.txt",
+        log:
+            f"{RES}/logs/eval/{{exp}}_seed{{seed}}_saar_{{split}}.log",
+        benchmark:
+            f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_saar_{{split}}.tsv"
+        params:
+            cli=GPU_CLI,
+            cfg=CONFIGFILE,
+            k=lambda wc: eval_k(wc.exp, wc.split),
+            run=lambda wc, output: str(Path(output.overrides).parent),
+            saar="on",
 
 
 rule eval_summary:
@@ -222,6 +241,26 @@ rule eval_summary:
         f"{RES}/logs/eval/{{exp}}_seed{{seed}}_summary.log",
     benchmark:
         f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_summary.tsv"
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/cpu.yaml"
+    params:
+        cli=CLI,
+    shell:
+        "{params.cli} report merge-eval --out {output} {input} > {log} 2>&1"
+
+
+rule eval_saar_summary:
+    input:
+        lambda wc: [f"{RES}/{wc.exp}/seed{wc.seed}/eval_saar/{s}.json" for s in eval_splits()],
+    output:
+        f"{RES}/{{exp}}/seed{{seed}}/eval_saar.json",
+    log:
+        f"{RES}/logs/eval/{{exp}}_seed{{seed}}_saar_summary.log",
+    benchmark:
+        f"{RES}/benchmarks/eval/{{exp}}_seed{{seed}}_saar_summary.tsv"
     resources:
         mem_mb=500,
         runtime=5,

@@ -1,7 +1,8 @@
 # paper_smoke (verl engine): every GPU stage of the config on a handful of rows with the real model, on one node:
 # SFT (one step + conversion), the 7B difficulty rollouts, one RL step per arm (+ conversion) and one evaluation
-# per benchmark. What a user runs first on a new site: a broken driver, template or memory budget shows up in
-# minutes. `cleaner verl overrides --smoke` shrinks each stage (engines/verl/overrides.py: smoke_overrides).
+# per benchmark (SAAR at test time on when the config evaluates with it). What a user runs first on a new site: a
+# broken driver, template or memory budget shows up in minutes. `cleaner verl overrides --smoke` shrinks each stage
+# (engines/verl/overrides.py: smoke_overrides).
 
 if ENGINE == "verl":
 
@@ -62,10 +63,11 @@ if ENGINE == "verl":
             experiment=EXPERIMENTS[0],
             model=lambda wc, input: smoke_init_path(input),
             run=lambda wc, output: str(Path(output.overrides).parent),
+            saar="off",  # as difficulty_rollouts
         shell:
             "({params.cli} verl overrides --config {params.cfg} --stage eval --smoke --experiment {params.experiment} "
             "--n-samples 2 --drop-overlong-prompts --output-dir {params.run} --val-files {input.train} "
-            "--model-path {params.model} --out {output.overrides} && "
+            "--model-path {params.model} --saar {params.saar} --out {output.overrides} && "
             "{params.cli} verl train --overrides {output.overrides} --stage eval && "
             "{params.cli} verl pass-counts --generations {params.run}/generations --data {input.train} "
             "--model {params.model} --out {output.counts}) > {log} 2>&1"
@@ -131,10 +133,12 @@ if ENGINE == "verl":
             cfg=CONFIGFILE,
             experiment=smoke_eval_model().split("/")[-3],
             run=lambda wc, output: str(Path(output.overrides).parent),
+            # SAAR on when the config evaluates with it: rollback at test time is the path the RL smoke runs skip.
+            saar="on" if saar_eval_experiments() else "off",
         shell:
             "({params.cli} verl overrides --config {params.cfg} --stage eval --smoke "
             "--experiment {params.experiment} --output-dir {params.run} --val-files {input.data} "
-            "--model-path {input.model} --n-samples 1 --out {output.overrides} && "
+            "--model-path {input.model} --n-samples 1 --saar {params.saar} --out {output.overrides} && "
             "{params.cli} verl train --overrides {output.overrides} --stage eval && "
             "{params.cli} verl eval-summary --generations {params.run}/generations --k 1 "
-            "--out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"
+            "--saar {params.saar} --out {output.summary} --trajectories {output.trajectories}) > {log} 2>&1"

@@ -74,6 +74,37 @@ def test_paper_smoke_plans_every_gpu_stage_small(config):
     assert all("--smoke" in line for line in commands)
     for exp in ("tools_baseline", "cleaner", "notool"):
         assert f"paper_smoke/{exp}/rl/final" in out.stdout
+    # Every verl eval call says its test-time SAAR: on for the benchmarks (the paper configs evaluate with it),
+    # off for the difficulty rollouts.
+    evals = [line for line in commands if "--stage eval" in line]
+    assert evals and all("--saar " in line for line in evals)
+    assert sum("--saar on" in line for line in evals) == stats["smoke_eval"]
+
+
+@pytest.mark.parametrize("config", PAPER_CONFIGS)
+def test_paper_configs_evaluate_every_tool_arm_both_ways(config):
+    """eval/ (SAAR off) and eval_saar/ (SAAR on) for every run of a tool arm and for the SFT model, on every
+    benchmark; the no-tool arm only in eval/; no separate SAAR-at-test-time experiment."""
+    from cleaner.config import load_config, resolve_experiment
+
+    cfg = load_config(ROOT / "config" / config)
+    assert "cleaner_saar_eval" not in cfg["experiments"]
+    tool_arms = [e for e in cfg["experiments"] if resolve_experiment(cfg, e)["rollout"]["tools_enabled"]]
+    splits = cfg["eval"]["splits"]
+    out = _run(["-n", "-p", "all", "--configfile", f"config/{config}"], ROOT, timeout=600)
+    stats = _job_stats(out.stdout)
+    assert stats["eval"] == len(cfg["experiments"]) * len(splits)
+    assert stats["eval_saar"] == len(tool_arms) * len(splits) and stats["eval_saar_summary"] == len(tool_arms)
+    assert stats["eval_sft"] == stats["eval_sft_saar"] == len(splits)
+    name = cfg["name"]
+    for exp in tool_arms:
+        assert f"results/{name}/{exp}/seed0/eval_saar.json" in out.stdout, exp
+    assert f"results/{name}/notool/seed0/eval_saar" not in out.stdout
+    commands = [line for line in out.stdout.splitlines() if "verl overrides" in line and "--stage eval" in line]
+    saar_on = [line for line in commands if "--saar on" in line]
+    assert len(saar_on) == stats["eval_saar"] + stats["eval_sft_saar"]
+    assert all("/eval_saar/" in line for line in saar_on)
+    assert all("--saar off" in line for line in commands if line not in saar_on)
 
 
 def _paper_workflow(tmp_path: Path, config: str) -> Path:

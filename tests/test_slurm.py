@@ -179,7 +179,13 @@ def test_paper_config_plan(name):
     if not path.is_file():
         pytest.skip(f"config/{name} does not exist yet")
     config = load_config(path)
-    _check_verl_plan(ps.plan(path), rl_nodes=config["verl"]["nnodes"])
+    plan = ps.plan(path)
+    _check_verl_plan(plan, rl_nodes=config["verl"]["nnodes"])
+    # Every tool arm is also evaluated with SAAR at test time: the same 4 H200 per job as eval.
+    saar_jobs = [(job, args) for job, args in plan if job.rule in ("eval_saar", "eval_sft_saar")]
+    assert {job.rule for job, _ in saar_jobs} == {"eval_saar", "eval_sft_saar"}
+    for job, args in saar_jobs:
+        _assert_gpu_request(job, args)
 
 
 @pytest.mark.parametrize("extra", ["--gres=gpu:h200:4", "--gpus=4", "--gpus h200:4"])

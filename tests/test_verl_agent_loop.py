@@ -294,6 +294,12 @@ async def test_loop_refuses_inconsistent_settings(tool_model_dir, tmp_path):
         bad.actor_rollout_ref.rollout.calculate_log_probs = True
     with pytest.raises(ValueError, match="calculate_log_probs=False"):
         make(bad, [tool])
+    # Validation SAAR splices validation trajectories, which verl also asks rollout log-probs for.
+    with open_dict(bad):
+        bad.cleaner.saar.enabled = False
+        bad.cleaner.val_saar.enabled = True
+    with pytest.raises(ValueError, match="cleaner.val_saar.enabled with actor_rollout_ref.rollout.calculate_log_probs"):
+        make(bad, [tool])
     with pytest.raises(ValueError, match="priority"):
         await loop.run({"temperature": 1.0, "top_p": 1.0}, raw_prompt=[{"role": "user", "content": "hi"}], index=0)
     assert trajectory_seed(0, 1, 2) == trajectory_seed(0, 1, 2) != trajectory_seed(0, 1, 3)
@@ -384,3 +390,78 @@ async def test_arms_give_token_identical_trajectories_when_no_call_fails(tiny_mo
     assert clean_f.non_tensor_batch["cleaner/tool_failures_after"][0] == 0
     for k in range(2, len(questions) * N):  # the other questions never fail: identical again
         assert unpad(base_f, k) == unpad(clean_f, k)
+
+
+# -- validation / evaluation run the test-time SAAR (cleaner.val_saar), training the arm's own ------------------------
+def saar_config(saar_at_validation: bool) -> dict:
+    cfg = copy.deepcopy(CONFIG)
+    cfg["eval"]["saar_at_validation"] = saar_at_validation
+    cfg["experiments"].update({
+        "tools_plain": {},  # SAAR off in training, no rollout IS correction (so validation SAAR is allowed)
+        "cleaner_gate_closed": {"saar": {"enabled": True, "rollback_probability": 0.0}},  # never rolls back in RL
+    })
+    return validate_config(cfg)
+
+
+async def run_scripted_stage(model_dir: Path, out_dir: Path, cfg: dict, experiment: str, *, stage: str,
+                             validate: bool, saar: bool | None = None):
+    """One batch (questions 12+34 failing first, 56+78 not; N samples each) through verl's AgentLoopWorker."""
+    from transformers import AutoTokenizer
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    kw = dict(train_files=["/unused/train.parquet"]) if stage == "rl" else dict(saar=saar)
+    run = prepare_run(cfg, experiment, stage, output_dir=out_dir, val_files=["/unused/val.parquet"],
+                      model_path=model_dir, **kw)
+    cfg_verl = compose_ppo_config(read_overrides(run.overrides_path))
+    server = ScriptedServerManager(AutoTokenizer.from_pretrained(model_dir), failing=frozenset({12}))
+    worker = AgentLoopWorker(cfg_verl, server, None, None)
+    try:
+        out = await worker.generate_sequences(batch_of(QUESTIONS[:2], N, validate=validate)[0])
+    finally:
+        for tool in worker.tools:
+            tool.close()
+    assert {r["top_p"] for r in server.requests} == {0.6 if validate else 1.0}
+    return cfg_verl, out
+
+
+def rolled_back(out) -> list[bool]:
+    """Per row: the failed first call was rolled back (the failing question) / nothing to roll back (the other)."""
+    nt = out.non_tensor_batch
+    return [bool(nt["cleaner/triggered"][k] == 1 and nt["cleaner/tool_failures_after"][k] == 0) for k in range(2 * N)]
+
+
+@pytest.mark.parametrize("experiment, saar_at_validation, validate, expected", [
+    ("tools_plain", True, False, False),       # training: the arm's SAAR (off)
+    ("tools_plain", True, True, True),         # validation: test-time SAAR (on)
+    ("cleaner", False, False, True),           # training: the arm's SAAR (on)
+    ("cleaner", False, True, False),           # validation: test-time SAAR (off)
+    ("cleaner_gate_closed", True, False, False),  # the arm's p = 0 gate ...
+    ("cleaner_gate_closed", True, True, True),    # ... is not validation's (eval.saar: p = 1)
+], ids=["tools-train", "tools-val-on", "cleaner-train", "cleaner-val-off", "gate0-train", "gate0-val-on"])
+async def test_validation_uses_val_saar_training_the_arms_saar(tiny_model_dir, tmp_path, experiment,
+                                                               saar_at_validation, validate, expected):
+    """RL stage through verl's AgentLoopWorker: a failing first call is rolled back in validation exactly when
+    eval.saar_at_validation is on, in training exactly when the arm's saar section rolls back."""
+    cfg = saar_config(saar_at_validation)
+    cfg_verl, out = await run_scripted_stage(tiny_model_dir, tmp_path, cfg, experiment, stage="rl", validate=validate)
+    assert cfg_verl.cleaner.val_saar.enabled is saar_at_validation
+    assert cfg_verl.cleaner.saar.enabled is (experiment != "tools_plain")
+    nt = out.non_tensor_batch
+    assert list(nt["cleaner/validate"]) == [validate] * (2 * N)
+    assert rolled_back(out) == [expected] * N + [False] * N
+    # Without rollback the failure stays in the trajectory; the other question never fails.
+    assert list(nt["cleaner/tool_failures_after"]) == [0 if expected else 1] * N + [0] * N
+
+
+@pytest.mark.parametrize("experiment", ["baseline", "cleaner"])
+@pytest.mark.parametrize("saar", [True, False], ids=["saar-on", "saar-off"])
+async def test_eval_stage_applies_saar_flag_to_every_tool_arm(tiny_model_dir, tmp_path, experiment, saar):
+    """`--stage eval --saar on|off`: every evaluation trajectory rolls back (on) or keeps its failure (off), whatever
+    the arm's training SAAR; the tools baseline's rollout IS correction does not reach the eval run."""
+    cfg = saar_config(False)
+    cfg_verl, out = await run_scripted_stage(tiny_model_dir, tmp_path, cfg, experiment, stage="eval", validate=True,
+                                             saar=saar)
+    assert cfg_verl.cleaner.mode == "eval" and cfg_verl.cleaner.val_saar.enabled is saar
+    assert not cfg_verl.actor_rollout_ref.rollout.calculate_log_probs
+    assert rolled_back(out) == [saar] * N + [False] * N
+

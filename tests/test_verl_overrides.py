@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cleaner.config import ConfigError, load_config, resolve_experiment
+from cleaner.evaluate import saar_at_validation
 from cleaner.engines.verl import AGENT_NAME, package_file
 from cleaner.engines.verl.overrides import (
     arm,
@@ -90,6 +91,9 @@ def test_every_experiment_composes_and_validates(configs, name, tmp_path):
         if which != "notool":
             assert ev.actor_rollout_ref.rollout.agent.default_agent_loop == AGENT_NAME
             assert ev.cleaner.mode == "eval" and ev.cleaner.saar.enabled is False
+            assert ev.cleaner.val_saar.enabled is resolved["eval"]["saar_at_test_time"]
+        if "cleaner" in rl:
+            assert rl.cleaner.val_saar.enabled is saar_at_validation(resolved)
 
 
 def test_recipe_table_rows(configs, tmp_path):
@@ -466,3 +470,121 @@ def test_experiment_verl_overrides_are_validated(configs, tmp_path):
     cfg["experiments"]["bad"] = {"verl": {"baseline_agent_loop": "nope"}}
     with pytest.raises(ConfigError, match="experiments.bad: verl.baseline_agent_loop"):
         build_ppo_overrides(cfg, "bad", train_files=TRAIN, val_files=VAL, output_dir=tmp_path, model_path="/m")
+
+
+# -- test-time SAAR per arm: +cleaner.val_saar ----------------------------------------------------------------------
+def _val_saar(c) -> dict:
+    return dict(c.cleaner.val_saar)
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_eval_stage_val_saar_follows_the_saar_flag(name, tmp_path):
+    """--saar on|off (default eval.saar_at_test_time) switches the eval run's val_saar, with the eval.saar settings
+    for every tool arm (not the arm's training saar: the 7B CLEANER gate is 0.7, test time uses 1.0)."""
+    cfg = load_config(ROOT / "config" / name)
+    ev = cfg["eval"]
+    assert ev["saar_at_test_time"] is True and ev["saar_at_validation"] is True
+    for exp in ("tools_baseline", "tools_baseline_stock_loop", "cleaner", "cleaner_gamma0.3"):
+        for flag, expected in ((True, True), (False, False), (None, ev["saar_at_test_time"])):
+            run = prepare_run(cfg, exp, "eval", output_dir=tmp_path / f"{exp}-{flag}", val_files=VAL, model_path="/m",
+                              saar=flag)
+            c = compose_ppo_config(run.overrides)
+            validate_ppo_config(c)
+            assert c.cleaner.mode == "eval" and c.cleaner.saar.enabled is False  # no training rollouts here
+            assert _val_saar(c) == {**ev["saar"], "enabled": expected}, (exp, flag)
+            assert not c.actor_rollout_ref.rollout.calculate_log_probs
+        assert c.cleaner.val_saar.gamma == 0.5 and c.cleaner.val_saar.rollback_probability == 1.0
+    notool = prepare_run(cfg, "notool", "eval", output_dir=tmp_path / "nt", val_files=VAL, model_path="/m", saar=True)
+    assert "cleaner" not in compose_ppo_config(notool.overrides)  # single_turn_agent: nothing to roll back
+    with pytest.raises(ConfigError, match="--saar applies to the eval stage only"):
+        prepare_run(cfg, "cleaner", "rl", output_dir=tmp_path / "rl", train_files=TRAIN, val_files=VAL,
+                    model_path="/m", saar=True)
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_rl_stage_carries_the_arms_saar_and_validation_saar(name, tmp_path):
+    """Training rollouts: the arm's saar section; validation: eval.saar, on per eval.saar_at_validation (the paper
+    configs: CLEANER arms on, as the authors; tools baselines off, they run rollout IS correction)."""
+    cfg = load_config(ROOT / "config" / name)
+    kw = dict(train_files=TRAIN, val_files=VAL, model_path="/m")
+    for exp in cfg["experiments"]:
+        resolved = resolve_experiment(cfg, exp)
+        c = compose_ppo_config(build_ppo_overrides(cfg, exp, output_dir=tmp_path / exp, **kw))
+        if "cleaner" not in c:
+            assert arm(resolved) == "notool" or resolved["verl"]["baseline_agent_loop"] == "tool_agent"
+            continue
+        assert dict(c.cleaner.saar) == resolved["saar"]
+        assert _val_saar(c) == {**resolved["eval"]["saar"], "enabled": arm(resolved) == "cleaner"}, exp
+    seven_b = compose_ppo_config(build_ppo_overrides(load_config(ROOT / "config" / "paper-qwen2.5-7b.yaml"), "cleaner",
+                                                     output_dir=tmp_path / "7b", **kw))
+    assert seven_b.cleaner.saar.rollback_probability == 0.7 and seven_b.cleaner.val_saar.rollback_probability == 1.0
+    # eval.saar_at_validation null follows eval.saar_at_test_time; false turns validation SAAR off.
+    for at_validation, at_test, expected in ((None, True, True), (None, False, False), (False, True, False)):
+        other = copy.deepcopy(cfg)
+        other["eval"].update(saar_at_validation=at_validation, saar_at_test_time=at_test)
+        c = compose_ppo_config(build_ppo_overrides(other, "cleaner", output_dir=tmp_path / "o", **kw))
+        assert c.cleaner.val_saar.enabled is expected and c.cleaner.saar.enabled is True
+
+
+def test_validation_saar_refused_where_verl_cannot_run_it(configs, tmp_path):
+    """Validation SAAR with rollout IS correction (verl asks validation for rollout log-probs, spliced trajectories
+    have none) or with verl's stock loop (no SAAR) fails naming the keys; a tools arm without IS correction runs it."""
+    cfg = copy.deepcopy(configs["paper_like_4b.yaml"])
+    cfg["eval"]["saar_at_validation"] = True
+    cfg["experiments"].update({
+        "tools_is": {"rl": {"rollout_is_correction": True}},
+        "stock": {"verl": {"baseline_agent_loop": "tool_agent"}},
+        "tools_plain": {},
+        "tools_is_val_off": {"rl": {"rollout_is_correction": True}, "eval": {"saar_at_validation": False}},
+    })
+    kw = dict(train_files=TRAIN, val_files=VAL, output_dir=tmp_path, model_path="/m")
+    with pytest.raises(ConfigError, match=r"experiments.tools_is: rl.rollout_is_correction .*eval.saar_at_validation"):
+        build_ppo_overrides(cfg, "tools_is", **kw)
+    with pytest.raises(ConfigError, match=r"experiments.stock: verl.baseline_agent_loop=tool_agent .*at_validation"):
+        build_ppo_overrides(cfg, "stock", **kw)
+    plain = compose_ppo_config(build_ppo_overrides(cfg, "tools_plain", **kw))
+    validate_ppo_config(plain)
+    assert plain.cleaner.val_saar.enabled and not plain.cleaner.saar.enabled
+    assert not plain.actor_rollout_ref.rollout.calculate_log_probs
+    off = compose_ppo_config(build_ppo_overrides(cfg, "tools_is_val_off", **kw))
+    assert not off.cleaner.val_saar.enabled and off.actor_rollout_ref.rollout.calculate_log_probs
+    cfg["eval"].update(saar_at_validation=None, saar_at_test_time=True)  # null: as at test time, named as such
+    with pytest.raises(ConfigError, match=r"null: eval.saar_at_test_time"):
+        build_ppo_overrides(cfg, "tools_is", **kw)
+
+
+def test_cli_saar_flag(tmp_path):
+    """`cleaner verl overrides --stage eval --saar on|off` writes val_saar on / off; without it: saar_at_test_time."""
+    import argparse
+
+    from cleaner.engines.verl.cli import add_commands
+
+    parser = argparse.ArgumentParser(prog="cleaner")
+    add_commands(parser.add_subparsers(dest="command"))
+    config = str(ROOT / "config" / "paper-qwen3-4b.yaml")
+    rows = _write_split(tmp_path / "aime24.parquet", "aime24", 4)
+    for flag, expected in ((["--saar", "on"], "true"), (["--saar", "off"], "false"), ([], "true")):
+        out = tmp_path / (flag[-1] if flag else "default")
+        args = parser.parse_args(["verl", "overrides", "--config", config, "--stage", "eval", "--experiment",
+                                  "tools_baseline", "--output-dir", str(out), "--val-files", str(rows),
+                                  "--model-path", "/m", *flag])
+        assert args.func(args) == 0
+        assert f"+cleaner.val_saar.enabled={expected}" in read_overrides(out / "overrides.txt")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["verl", "overrides", "--config", config, "--stage", "eval", "--output-dir", "x",
+                           "--saar", "maybe"])
+
+
+def test_paper_configs_evaluate_every_tool_arm_both_ways():
+    """No separate SAAR-at-test-time experiment: every arm is evaluated both ways instead."""
+    for name in PAPER_CONFIGS:
+        cfg = load_config(ROOT / "config" / name)
+        assert "cleaner_saar_eval" not in cfg["experiments"]
+        assert cfg["eval"]["saar"] == {"gamma": 0.5, "max_retries": 3, "rollback_probability": 1.0,
+                                       "similarity_on": "code", "autojunk": False, "replacement": "adaptive",
+                                       "max_tool_attempts": 30, "attempted_note": True}
+        for exp in cfg["experiments"]:
+            resolved = resolve_experiment(cfg, exp)
+            assert resolved["eval"]["saar_at_test_time"] is True, exp
+            assert saar_at_validation(resolved) is (arm(resolved) != "tools"), exp
+

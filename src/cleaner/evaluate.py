@@ -23,8 +23,8 @@ from cleaner.engines.base import Generator
 if TYPE_CHECKING:
     from cleaner.saar import SaarConfig
 
-__all__ = ["eval_agent_config", "evaluate_rows", "pass_at_k", "score_trajectory", "summarize_records",
-           "test_time_saar", "validation_agent_config"]
+__all__ = ["eval_agent_config", "evaluate_rows", "pass_at_k", "saar_at_validation", "score_trajectory",
+           "summarize_records", "test_time_saar", "validation_agent_config"]
 
 
 def test_time_saar(cfg: dict[str, Any], *, enabled: bool) -> "SaarConfig":
@@ -47,10 +47,17 @@ def eval_agent_config(cfg: dict[str, Any], *, saar_at_test_time: bool | None = N
     return AgentConfig.from_dict(rollout, saar=test_time_saar(cfg, enabled=on))
 
 
+def saar_at_validation(cfg: dict[str, Any]) -> bool:
+    """Whether the validation runs during RL use SAAR: ``eval.saar_at_validation`` (null: as at test time).
+    Both engines read it here (embedded trainer; verl's ``+cleaner.val_saar`` block)."""
+    ev = cfg["eval"]
+    on = ev.get("saar_at_validation")
+    return bool(ev.get("saar_at_test_time")) if on is None else bool(on)
+
+
 def validation_agent_config(cfg: dict[str, Any]) -> AgentConfig:
-    """The agent of the validation runs during RL: ``eval.saar_at_validation`` (null: as at test time)."""
-    on = cfg["eval"].get("saar_at_validation")
-    return eval_agent_config(cfg, saar_at_test_time=None if on is None else bool(on))
+    """The agent of the validation runs during RL: SAAR per :func:`saar_at_validation`."""
+    return eval_agent_config(cfg, saar_at_test_time=saar_at_validation(cfg))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

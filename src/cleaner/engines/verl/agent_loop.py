@@ -23,17 +23,21 @@ Settings. The agent / SAAR settings come from the trainer config's ``cleaner`` b
 :mod:`cleaner.engines.verl.overrides` writes as ``+cleaner.*`` Hydra overrides (so they sit in the overrides file
 next to everything else)::
 
-    cleaner: {seed: 0, mode: train|eval, request_seed_key: null, saar_at_validation: false,
-              agent: {max_turns: 16, ...cleaner.agent.AgentConfig fields}, saar: {...SaarConfig fields}}
+    cleaner: {seed: 0, mode: train|eval, request_seed_key: null,
+              agent: {max_turns: 16, ...cleaner.agent.AgentConfig fields},
+              saar: {...SaarConfig fields},        # training rollouts: the arm's own SAAR
+              val_saar: {...SaarConfig fields}}    # validation / evaluation requests: test-time SAAR (eval.saar)
 
-Without that block the loop uses verl's rollout settings (turn limit, prompt/response length) and the paper's
-SAAR (K=3, gamma=0.5, p=1.0). Sampling temperature / top-p / top-k are verl's per-request ``sampling_params``
-(they switch to ``val_kwargs`` for validation).
+Without that block the loop uses verl's rollout settings (turn limit, prompt/response length), the paper's SAAR
+(K=3, gamma=0.5, p=1.0) for training and no SAAR for validation. Sampling temperature / top-p / top-k are verl's
+per-request ``sampling_params`` (they switch to ``val_kwargs`` for validation).
 
 Validation. verl does not tell an agent loop whether it is validating. With ``cleaner.mode: eval`` (the eval-only
 run) every trajectory is an evaluation one; in training a request whose sampling parameters equal ``val_kwargs``
-while differing from the training ones (the recipe: top-p 0.6 vs 1.0) is a validation request. SAAR is off for
-evaluation unless ``saar_at_validation`` (CLEANER.md: the reference runs SAAR during validation; we do not).
+while differing from the training ones (the recipe: top-p 0.6 vs 1.0) is a validation request. Validation and
+evaluation requests run with ``val_saar`` (the same settings for every arm, on or off as the overrides say: the
+pipeline evaluates each model both ways, and the paper configs validate CLEANER with SAAR on, as the authors do);
+training requests with ``saar``.
 
 Seeds (explicit): trajectory seed = :func:`trajectory_seed` (``cleaner.seed``, the row's ``index`` =
 ``extra_info.index``, verl's per-sample ``priority``, i.e. the sample's position in the step's batch, which
@@ -90,9 +94,9 @@ class LoopSettings:
     seed: int = 0
     mode: str = "train"
     request_seed_key: str | None = None
-    saar_at_validation: bool = False
     agent: dict[str, Any] = field(default_factory=dict)
     saar: dict[str, Any] = field(default_factory=dict)
+    val_saar: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_trainer_config(cls, config: DictConfig | Mapping[str, Any]) -> "LoopSettings":
@@ -301,10 +305,19 @@ class CleanerAgentLoop(AgentLoopBase):
                 "actor_rollout_ref.rollout.multi_turn.tool_config_path to a cleaner tool_config.yaml"
             )
         self.saar_config = self.agent_config.saar
+        # Validation / evaluation: test-time SAAR; off without a val_saar block.
+        self.val_saar_config = (SaarConfig.from_dict(self.settings.val_saar) if self.settings.val_saar
+                                else SaarConfig(enabled=False))
         if rc.get("calculate_log_probs", False) and self.saar_config.enabled:
             raise ValueError(
                 f"{AGENT_NAME}: SAAR splices tokens sampled under a discarded context, so rollout log-probs are stale; "
                 "set actor_rollout_ref.rollout.calculate_log_probs=False (CLEANER.md step 6)"
+            )
+        if rc.get("calculate_log_probs", False) and self.val_saar_config.enabled:
+            raise ValueError(
+                f"{AGENT_NAME}: cleaner.val_saar.enabled with actor_rollout_ref.rollout.calculate_log_probs=True: verl "
+                "asks for rollout log-probs in validation too and spliced trajectories have none; turn off SAAR at "
+                "validation (eval.saar_at_validation: false) or rollout IS correction (rl.rollout_is_correction)"
             )
         self.chat_format = self.tool.chat_format(self.tokenizer) if self.tool is not None else ChatFormat(self.tokenizer)
 
@@ -344,10 +357,9 @@ class CleanerAgentLoop(AgentLoopBase):
         return valid != train and got == valid
 
     def trajectory_config(self, sampling_params: Mapping[str, Any]) -> AgentConfig:
-        """The agent config of one trajectory: verl's sampling parameters, SAAR off for evaluation by default."""
-        saar = self.saar_config
-        if self.is_validation(sampling_params) and not self.settings.saar_at_validation:
-            saar = replace(saar, enabled=False)
+        """The agent config of one trajectory: verl's sampling parameters; ``val_saar`` for validation /
+        evaluation requests, the arm's ``saar`` for training ones."""
+        saar = self.val_saar_config if self.is_validation(sampling_params) else self.saar_config
         return replace(
             self.agent_config,
             temperature=float(sampling_params.get("temperature", self.agent_config.temperature)),

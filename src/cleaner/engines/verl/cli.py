@@ -4,8 +4,9 @@ Wire into the main CLI with ``cleaner.engines.verl.cli.add_commands(subparsers)`
 with ``set_defaults(func=...)`` and return the exit code):
 
 - ``verl overrides --config C --stage rl|sft|eval [--experiment E] --output-dir D [--train-files F..]
-  [--val-files F..] [--model-path M] [--seed S] [--out FILE]``: write the run's Hydra overrides (default
-  ``D/overrides.txt``) and, for tool arms, ``D/tool_config.yaml``;
+  [--val-files F..] [--model-path M] [--seed S] [--saar on|off] [--out FILE]``: write the run's Hydra overrides
+  (default ``D/overrides.txt``) and, for tool arms, ``D/tool_config.yaml``; ``--saar`` (eval stage): SAAR at test
+  time with the ``eval.saar`` settings (default: ``eval.saar_at_test_time``);
 - ``verl train --overrides FILE --stage rl|sft|eval [--dry-run]``: run ``python -m verl.trainer.main_ppo``
   (rl, eval) or ``torchrun -m verl.trainer.sft_trainer`` (sft) with the file's overrides; without CUDA GPUs (or
   without the rollout engine) it stops with a one-line message and exit code 2;
@@ -107,7 +108,7 @@ def cmd_overrides(args: argparse.Namespace) -> int:
         config, args.experiment, args.stage, output_dir=out_dir, train_files=train_files,
         val_files=val_files, model_path=args.model_path, seed=args.seed,
         overrides_name=Path(args.out).name if args.out else "overrides.txt", drop_overlong=args.drop_overlong_prompts,
-        smoke=args.smoke,
+        smoke=args.smoke, saar=None if args.saar is None else args.saar == "on",
     )
     if args.out and Path(args.out).resolve() != run.overrides_path:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_eval_summary(args: argparse.Namespace) -> int:
     from cleaner.engines.verl.eval_summary import summarize_generations
 
-    summary = summarize_generations(args.generations, k=args.k, out_json=args.out, out_jsonl=args.trajectories)
+    summary = summarize_generations(args.generations, k=args.k, out_json=args.out, out_jsonl=args.trajectories,
+                                    saar_at_test_time=None if args.saar is None else args.saar == "on")
     print(f"pass@1={summary['pass@1']} tool_failures_per_trajectory={summary['tool_failures_per_trajectory']}")
     return 0
 
@@ -198,6 +200,8 @@ def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser
                    help="eval: let verl drop prompts over the budget instead of failing (difficulty filter)")
     p.add_argument("--smoke", action="store_true",
                    help="paper_smoke: one step / a handful of rows on one node, the recipe's model and lengths")
+    p.add_argument("--saar", choices=("on", "off"),
+                   help="eval: SAAR at test time with the eval.saar settings (default: eval.saar_at_test_time)")
     p.set_defaults(func=cmd_overrides)
 
     p = sub.add_parser("train", help="run verl with an overrides file (GPU nodes only)")
@@ -211,6 +215,7 @@ def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--k", type=int, required=True, help="samples per problem (eval.k)")
     p.add_argument("--out", required=True, help="summary JSON")
     p.add_argument("--trajectories", help="JSONL of every sample")
+    p.add_argument("--saar", choices=("on", "off"), help="the run's SAAR at test time, recorded in the summary")
     p.set_defaults(func=cmd_eval_summary)
 
     p = sub.add_parser("pass-counts", help="passes per training prompt from a validation-only run (7B filter)")

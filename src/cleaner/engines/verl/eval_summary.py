@@ -50,7 +50,9 @@ def records_from_generations(lines: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def summarize_generations(gen_dir: str | Path, *, k: int, out_json: str | Path,
-                          out_jsonl: str | Path | None = None) -> dict[str, Any]:
+                          out_jsonl: str | Path | None = None, saar_at_test_time: bool | None = None) -> dict[str, Any]:
+    """The summary of the newest dump in ``gen_dir``; ``saar_at_test_time`` (the run's ``--saar``) is recorded as
+    the embedded ``cleaner eval`` records it."""
     from cleaner.evaluate import summarize_records, write_eval_outputs
 
     dump = _latest_dump(Path(gen_dir))
@@ -58,6 +60,8 @@ def summarize_generations(gen_dir: str | Path, *, k: int, out_json: str | Path,
     records = records_from_generations(lines)
     summary = summarize_records(records, k=k)
     summary.update({"source": str(dump), "engine": "verl", "k": k})
+    if saar_at_test_time is not None:
+        summary["saar_at_test_time"] = bool(saar_at_test_time)
     write_eval_outputs(summary, records, Path(out_json), Path(out_jsonl) if out_jsonl else None)
     return summary
 

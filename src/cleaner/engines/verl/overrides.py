@@ -25,7 +25,9 @@ lengths             ``data.max_prompt_length`` (rollout.max_prompt_tokens), ``da
 sampling            ``rollout.temperature/top_p`` (rollout.*), ``rollout.val_kwargs.top_p/temperature``
                     (eval.top_p / eval.temperature), ``val_kwargs.n`` (rl.val_k; eval: eval.k)
 precision           ``actor/ref.fsdp_config.dtype`` + ``mixed_precision.param_dtype``, ``rollout.dtype`` (rl.precision)
-SAAR                ``+cleaner.saar.*`` (saar.*), read by ``cleaner_tool_agent``
+SAAR                ``+cleaner.saar.*`` (saar.*: training rollouts), ``+cleaner.val_saar.*`` (eval.saar, on per
+                    eval.saar_at_validation in RL, per ``--saar`` / eval.saar_at_test_time in evaluation), read by
+                    ``cleaner_tool_agent``
 hardware            ``trainer.nnodes/n_gpus_per_node``, ``actor.strategy`` (fsdp2), ``fsdp_config.*_offload``,
                     ``rollout.name`` (sglang), ``gpu_memory_utilization``, ``tensor_model_parallel_size``,
                     ``model.use_fused_kernels`` (verl.*)
@@ -37,8 +39,10 @@ SAAR off (``verl.baseline_agent_loop``; ``tool_agent`` = verl's stock loop, an o
 ``rl.rollout_is_correction``, rollout log-probs with sequence-level IS correction (``verl.rollout_is_level``, the
 reference baseline's); the no-tool arm (``rollout.tools_enabled: false``) runs verl's ``single_turn_agent`` on prompts
 without the tool sentences (:func:`without_tool_text`). Validation-only evaluation
-(:func:`build_eval_overrides`) uses ``cleaner_tool_agent`` with SAAR off for every tool arm, so all arms are scored
-by one code path.
+(:func:`build_eval_overrides`) uses ``cleaner_tool_agent`` for every tool arm, with test-time SAAR off or on (the
+``eval.saar`` settings, the same for every arm), so all arms are scored by one code path, both ways. Validation
+during RL uses the same test-time SAAR per ``eval.saar_at_validation``; it cannot meet rollout IS correction (see
+:func:`_check_validation_saar`), so the tools baselines of the paper configs validate with SAAR off.
 
 The agent settings travel as ``+cleaner.*`` overrides (a ``cleaner`` block in verl's trainer config, which verl
 hands to every agent loop); the tool settings in a ``tool_config.yaml`` written next to the overrides
@@ -53,7 +57,7 @@ import copy
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
@@ -61,6 +65,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import yaml
 
 from cleaner.config import ConfigError, resolve_experiment, validate_config
+from cleaner.evaluate import saar_at_validation, test_time_saar
 from cleaner.engines.verl import AGENT_NAME, TOOL_NAME, package_file
 from cleaner.fsutil import atomic_write, write_text_atomic
 from cleaner.prompts import AGENT_NOTE, BOXED_ANSWER_FORMAT, CODE_INTERPRETER_TOOL, CODE_SUBMIT_NOTE, TOOL_HINT
@@ -186,18 +191,25 @@ def _dtype_overrides(prefix: str, dtype: str) -> list[str]:
     ]
 
 
-def _cleaner_block(resolved: Mapping[str, Any], *, seed: int, mode: str, saar_enabled: bool) -> list[str]:
-    """``+cleaner.*``: the settings ``cleaner_tool_agent`` reads from verl's trainer config."""
+def _cleaner_block(resolved: Mapping[str, Any], *, seed: int, mode: str, saar_enabled: bool,
+                   val_saar_enabled: bool) -> list[str]:
+    """``+cleaner.*``: the settings ``cleaner_tool_agent`` reads from verl's trainer config.
+
+    ``cleaner.saar`` is the arm's own SAAR (training rollouts); ``cleaner.val_saar`` the test-time SAAR of
+    validation / evaluation requests: the ``eval.saar`` settings, the same for every arm
+    (:func:`cleaner.evaluate.test_time_saar`, shared with the embedded engine), on or off as asked.
+    """
     ro, saar, verl = resolved["rollout"], dict(resolved["saar"]), resolved["verl"]
     saar["enabled"] = bool(saar_enabled)
+    val_saar = asdict(test_time_saar(resolved, enabled=val_saar_enabled))
     out = [
         format_override("cleaner.seed", seed, add=True),
         format_override("cleaner.mode", mode, add=True),
         format_override("cleaner.request_seed_key", verl["request_seed_key"], add=True),
-        format_override("cleaner.saar_at_validation", resolved["eval"]["saar_at_test_time"], add=True),
     ]
     out += [format_override(f"cleaner.agent.{k}", ro[k], add=True) for k in AGENT_FIELDS]
     out += [format_override(f"cleaner.saar.{k}", v, add=True) for k, v in saar.items()]
+    out += [format_override(f"cleaner.val_saar.{k}", v, add=True) for k, v in val_saar.items()]
     return out
 
 
@@ -359,6 +371,9 @@ def build_ppo_overrides(
         loop = verl["baseline_agent_loop"]
     else:
         loop = "single_turn_agent"
+    val_saar = which != "notool" and saar_at_validation(resolved)
+    if val_saar:
+        _check_validation_saar(resolved, experiment, loop)
     is_correction = bool(rl["rollout_is_correction"])
     a = "actor_rollout_ref.actor"
     o = _common_ppo(resolved, model_path=_model_path(resolved, model_path, key="sft_model_path"), output_dir=out,
@@ -405,8 +420,30 @@ def build_ppo_overrides(
         format_override("trainer.validation_data_dir", str(out / "validation")),
     ]
     if loop == AGENT_NAME:
-        o += _cleaner_block(resolved, seed=seed, mode="train", saar_enabled=saar["enabled"])
+        o += _cleaner_block(resolved, seed=seed, mode="train", saar_enabled=saar["enabled"], val_saar_enabled=val_saar)
     return o
+
+
+def _check_validation_saar(resolved: Mapping[str, Any], experiment: str, loop: str) -> None:
+    """Refuse validation with SAAR where verl's validation path cannot run it, naming the keys to change.
+
+    verl sends validation requests with ``logprobs = rollout.calculate_log_probs`` and stacks the rollout log-probs
+    batch-wide; a spliced (purified) trajectory has none (they would be stale), so validation SAAR and rollout IS
+    correction (which sets ``calculate_log_probs``) cannot meet in one run. verl's stock ``tool_agent`` has no SAAR.
+    """
+    which = "eval.saar_at_validation" + (
+        " (null: eval.saar_at_test_time)" if resolved["eval"].get("saar_at_validation") is None else "")
+    if resolved["rl"]["rollout_is_correction"]:
+        raise ConfigError(
+            f"experiments.{experiment}: rl.rollout_is_correction with SAAR at validation ({which} is true): verl "
+            "requests rollout log-probs for validation too, and SAAR's spliced validation trajectories have none; "
+            f"set eval: {{saar_at_validation: false}} in experiments.{experiment}, or rl.rollout_is_correction: false"
+        )
+    if loop != AGENT_NAME:
+        raise ConfigError(
+            f"experiments.{experiment}: verl.baseline_agent_loop={loop} (verl's stock loop) has no SAAR, but {which} "
+            f"is true; set eval: {{saar_at_validation: false}} in experiments.{experiment}"
+        )
 
 
 def build_eval_overrides(
@@ -418,12 +455,15 @@ def build_eval_overrides(
     model_path: str | os.PathLike,
     seed: int | None = None,
     drop_overlong: bool = False,
+    saar: bool | None = None,
 ) -> list[str]:
     """Hydra overrides for a validation-only ``verl.trainer.main_ppo`` run scoring ``model_path`` (an HF dir).
 
     CLEANER.md protocol: ``eval.k`` samples per problem (``val_kwargs.n``), temperature ``eval.temperature``,
-    top-p ``eval.top_p`` (0.6), the rollout's turn / response limits, with the tool; SAAR off unless
-    ``eval.saar_at_test_time``. Prompts up to ``eval.max_prompt_tokens`` (the reference eval scripts: 4096); a
+    top-p ``eval.top_p`` (0.6), the rollout's turn / response limits, with the tool; SAAR at test time per ``saar``
+    (None: ``eval.saar_at_test_time``) with the ``eval.saar`` settings (``+cleaner.val_saar``) for every tool arm,
+    whatever its training ``saar`` section: the pipeline runs each model both ways (eval/ and eval_saar/, same
+    problems and sampling seeds). Prompts up to ``eval.max_prompt_tokens`` (the reference eval scripts: 4096); a
     longer one stops the run unless ``drop_overlong`` (the 7B difficulty filter over training prompts, which RL
     filters at its own budget anyway). Validation batches of ``verl.val_batch_size`` prompts. Generations go to
     ``<output_dir>/generations`` (verl's validation dump).
@@ -459,7 +499,9 @@ def build_eval_overrides(
         format_override("trainer.validation_data_dir", str(out / "generations")),
     ]
     if loop == AGENT_NAME:
-        o += _cleaner_block(resolved, seed=seed, mode="eval", saar_enabled=bool(ev["saar_at_test_time"]))
+        on = bool(ev["saar_at_test_time"]) if saar is None else bool(saar)
+        # No training rollouts in an eval run: the arm's training SAAR is written off, test-time SAAR in val_saar.
+        o += _cleaner_block(resolved, seed=seed, mode="eval", saar_enabled=False, val_saar_enabled=on)
     return o
 
 
@@ -700,10 +742,17 @@ def prepare_run(
     overrides_name: str = "overrides.txt",
     drop_overlong: bool = False,
     smoke: bool = False,
+    saar: bool | None = None,
 ) -> RunFiles:
-    """Build the stage's overrides and write them (and the tool config they point at) into ``output_dir``."""
+    """Build the stage's overrides and write them (and the tool config they point at) into ``output_dir``.
+
+    ``saar``: SAAR at test time for the eval stage (None: ``eval.saar_at_test_time``); other stages refuse it (RL
+    validation follows ``eval.saar_at_validation``)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if saar is not None and stage != "eval":
+        raise ConfigError(
+            f"--saar applies to the eval stage only (rl validation follows eval.saar_at_validation), not {stage}")
     out = Path(output_dir).resolve()
     tool_path: Path | None = None
     if stage == "sft":
@@ -725,7 +774,8 @@ def prepare_run(
             if model_path is None:
                 raise ConfigError("eval: model_path (the HF checkpoint to score) is required")
             overrides = build_eval_overrides(config, experiment, val_files=val_files, output_dir=out,
-                                             model_path=model_path, seed=seed, drop_overlong=drop_overlong)
+                                             model_path=model_path, seed=seed, drop_overlong=drop_overlong,
+                                             saar=saar)
         resolved = _resolved(config, experiment)
         if resolved["rollout"]["tools_enabled"]:
             tool_path = write_tool_config(out / "tool_config.yaml", resolved)
