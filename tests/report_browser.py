@@ -23,6 +23,7 @@ METRIC_HEADERS = {"Pass@1 %": ("pass@1", 100.0, 1), "Pass@k %": ("pass@k", 100.0
                   "tool calls / traj": ("tool_calls_per_trajectory", 1.0, 2),
                   "first call fails %": ("first_call_failure_rate", 100.0, 1),
                   "failed-then-correct %": ("recovered_correct_rate", 100.0, 1),
+                  "no-failure correct %": ("clean_correct_rate", 100.0, 1),
                   "response tokens": ("response_length", 1.0, 1)}
 
 

@@ -63,7 +63,8 @@ def _summary(records: list[dict[str, Any]], mode: str, grading: str | None, k: i
             "tool_failures_per_trajectory": sum(r["stats"]["tool_failures_after"] for r in records) / n,
             "tool_calls_per_trajectory": sum(r["stats"]["tool_calls_after"] for r in records) / n,
             "response_length": sum(r["stats"]["response_length"] for r in records) / n,
-            "first_call_failure_rate": 0.2, "recovered_correct_rate": 0.5, "k": k,
+            "first_call_failure_rate": 0.2, "recovered_correct_rate": 0.5,
+            "clean_correct_rate": 0.7, "k": k,
             "saar_at_test_time": mode == "eval_saar", "wall_s_per_problem": WALL_S[mode]}
     if grading:
         summ["grading"] = grading

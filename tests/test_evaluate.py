@@ -85,6 +85,8 @@ def test_summarize_records_known_numbers():
     assert s["first_attempt_failure_rate"] == pytest.approx(5 / 15)
     # Trajectories with a failed call: three in aime (one right), one in gpqa (right): recovery 2 / 4.
     assert s["trajectories_with_failure"] == 4 and s["recovered_correct_rate"] == pytest.approx(0.5)
+    # The other 8 trajectories had no failed call; 2 of them ended correct (4 correct in all, 2 with a failure).
+    assert s["clean_correct_rate"] == pytest.approx(2 / 8)
     assert s["response_length"] == pytest.approx((11 * 100 + 300) / 12)
     assert s["turns"] == pytest.approx((10 * 2 + 3 + 1) / 12)
     assert s["finish_reasons"] == {"answer": 10, "max_turns": 1, "no_answer": 1}
@@ -109,6 +111,7 @@ def test_summarize_single_source_and_short_problems():
     assert s["pass@1"] == pytest.approx((0.5 + 1.0) / 2)
     assert s["pass@2"] == pytest.approx(1.0)  # only problem 0 has k samples
     assert s["trajectories_with_failure"] == 0 and s["recovered_correct_rate"] is None
+    assert s["clean_correct_rate"] == pytest.approx(2 / 3)
     s1 = summarize_records(recs, k=1)
     assert s1["pass@1"] == pytest.approx(0.75)
 

@@ -21,7 +21,7 @@ def test_synthetic_report_renders_in_chromium(tmp_path):
     checked = check_report_page(tmp_path / "report", tmp_path / "report" / "index.png")
     assert checked["images"] == 2
     assert checked["tables"] == 1
-    assert checked["cells_checked"] == 28  # 4 arms (sft start included) x 7 metrics, all with values here
+    assert checked["cells_checked"] == 40  # 5 arms (sft start, off and on, included) x 8 metrics, all with values
     assert "Paired differences to the control" in checked["text"]
 
 

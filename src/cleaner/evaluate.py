@@ -121,6 +121,8 @@ def summarize_records(records: Sequence[dict[str, Any]], *, k: int) -> dict[str,
         with_fail = [r for r in recs if r["stats"]["tool_failures_before"] > 0]
         out["trajectories_with_failure"] = len(with_fail)
         out["recovered_correct_rate"] = _mean([float(r["acc"]) for r in with_fail])
+        # The same rate without any failed call: the regime gap (recovering vs clean trajectories) is the difference.
+        out["clean_correct_rate"] = _mean([float(r["acc"]) for r in recs if r["stats"]["tool_failures_before"] == 0])
         saar = {n: sum(s[n] for s in st) for n in ("triggered", "recovered", "failed", "shallow", "deep", "retries")}
         out["saar"] = saar
         return out

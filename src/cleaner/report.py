@@ -38,13 +38,14 @@ __all__ = ["build_report", "control_of", "merge_eval", "regime_of", "sft_label",
            "load_paper_results"]
 
 METRICS = ("pass@1", "tool_failures_per_trajectory", "tool_calls_per_trajectory", "response_length",
-           "first_call_failure_rate", "recovered_correct_rate")
+           "first_call_failure_rate", "recovered_correct_rate", "clean_correct_rate")
 # Columns of the per-arm tables: (column in final_metrics.csv, header, shown in %, digits).
 TABLE_METRICS = (("pass@1", "Pass@1 %", True, 1), ("pass@k", "Pass@k %", True, 1),
                  ("tool_failures_per_trajectory", "tool failures / traj", False, 3),
                  ("tool_calls_per_trajectory", "tool calls / traj", False, 2),
                  ("first_call_failure_rate", "first call fails %", True, 1),
                  ("recovered_correct_rate", "failed-then-correct %", True, 1),
+                 ("clean_correct_rate", "no-failure correct %", True, 1),
                  ("response_length", "response tokens", False, 1))
 EVAL_MODES = {"eval": "tools", "eval_saar": "SAAR at test time"}
 PAPER_RESULTS = Path(__file__).parent / "data" / "paper_results.yaml"
