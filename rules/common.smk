@@ -68,6 +68,14 @@ onstart:
     problem = gpu_env_problem(job.rule.name for job in workflow.dag.needrun_jobs())
     if problem:
         raise WorkflowError(f"config {CONFIGFILE}: {problem}")
+    if ENGINE == "embedded":  # the expected wall time of what this invocation will run (resumed runs: what is left)
+        from cleaner.estimate import plan_seconds
+
+        _plan = plan_seconds([(j.rule.name, dict(j.wildcards)) for j in workflow.dag.needrun_jobs()], config,
+                             cores=max(1, workflow.cores or 1))
+        print(f"expected wall time on {workflow.cores} cores (2-core measurements, cleaner.estimate): "
+              f"{_plan['total'] / 3600:.2f} h (" + ", ".join(f"{k} {v / 60:.0f} min" for k, v in _plan.items()
+              if k != "total" and v) + ")", file=sys.stderr)
 EVAL_CMD = f"{CLI} eval" if ENGINE == "embedded" else f"{CLI} verl eval"
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("pass one --configfile: the pipeline's CLI reads exactly the file Snakemake validated")

@@ -24,9 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cleaner.config import load_config, resolve_experiment  # noqa: E402
 
-# Defaults measured on the 2-core machine (README: SFT 7 min, data 1 min, an eval of 200 x 4 ~2.5 min; RL steps
-# ~9 s with two RL jobs side by side, validation included).
-DEFAULTS = {"data_s": 60.0, "sft_s": 7 * 60.0, "eval_s": 150.0, "step_s": 9.0, "update_share": 0.45}
+from cleaner.estimate import DEFAULTS, rl_run_seconds  # noqa: E402
 
 
 def measured_step_s(root: Path | None) -> float | None:
@@ -55,10 +53,7 @@ def estimate(cfg: dict, *, cores: int, step_s: float, update_share: float) -> di
     rl_s, evals = 0.0, 0
     for e in exps:
         r = resolve_experiment(cfg, e)
-        rl = r["rl"]
-        updates = rl["ppo_epochs"] * max(1, rl["batch_prompts"] // rl["mini_batch_prompts"])
-        per_step = step_s * (1 + (update_share / 3 if updates > 1 else 0.0))
-        rl_s += rl["steps"] * per_step * len(r["seeds"])
+        rl_s += rl_run_seconds(r, step_s=step_s, update_share=update_share) * len(r["seeds"])
         evals += len(r["seeds"]) * len(cfg["eval"]["splits"]) * (2 if r["eval"]["saar_at_test_time"] else 1)
     evals += len(regimes) * len(cfg["eval"]["splits"]) * (2 if cfg["eval"].get("saar_at_test_time") else 1)
     stages = {

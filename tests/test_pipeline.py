@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -206,7 +207,8 @@ def test_rl_killed_with_sigkill_resumes_from_last_checkpoint(workdir):
 @pytest.fixture(scope="module")
 def smoke_run(workdir) -> Path:
     """The whole smoke DAG, run once for this module (after the resume test, which needs it unfinished)."""
-    _run(["--cores", "2"], workdir, timeout=1200)
+    out = _run(["--cores", "2"], workdir, timeout=1200)
+    (workdir / "smoke_run.out").write_text(out.stdout + out.stderr)
     return workdir / "results" / "smoke"
 
 
@@ -224,6 +226,8 @@ def test_smoke_pipeline_runs_end_to_end(workdir, smoke_run):
     for rule in ("testbed_data", "sft", "rl", "eval", "report"):
         assert any((res / "benchmarks").rglob("*.tsv")), rule
     assert (res / "logs" / "sft" / "sft.log").exists()
+    # onstart printed the expected wall time of the jobs it was about to run (the resume test ran some already)
+    assert re.search(r"expected wall time on 2 cores .*: \d+\.\d\d h \(", (workdir / "smoke_run.out").read_text())
     # Nothing left to do: the DAG is complete and up to date.
     again = _run(["-n", "--cores", "2"], workdir)
     assert "Nothing to be done" in again.stdout + again.stderr

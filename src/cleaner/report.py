@@ -10,8 +10,9 @@ Inputs are what the pipeline writes under ``results/<name>/``:
 
 Outputs: ``final_metrics.csv`` (one row per arm x seed x split), ``final_metrics.md`` (mean and 95% interval
 over seeds), ``training_curves.png`` and ``index.html``: one self-contained page (figures inline as base64 PNG,
-no network) with everything above, the paired difference of each arm to its control (by default the tools baseline of its data regime), the paper's
-published numbers beside ours (``cleaner/data/paper_results.yaml``) and what produced the run.
+no network) with everything above, the paired difference of each arm to its control (by default the tools
+baseline of its data regime), the paper's published numbers beside ours (``cleaner/data/paper_results.yaml``)
+and what produced the run.
 
 Statistics come from :mod:`cleaner.stats`: Student-t intervals over seeds for each arm; a paired two-level
 bootstrap over seeds x problems for differences between arms (same seeds, same problems).
