@@ -76,7 +76,9 @@ def export(config_path: Path, results: Path, out: Path) -> dict[str, list[str]]:
         for seed in resolve_experiment(config, exp)["seeds"]:
             run = Path(exp) / f"seed{seed}"
             if not all((results / run / "eval" / f"{s}.json").is_file() for s in splits):
-                missing.append(str(run))
+                # a run exported earlier (another machine, another session) is in the bundle, not missing
+                if not all((runs / run / "eval" / f"{s}.json").is_file() for s in splits):
+                    missing.append(str(run))
                 continue
             for name in ("metrics.jsonl", "summary.json"):
                 _copy(results / run / "rl" / name, runs / run / "rl" / name)

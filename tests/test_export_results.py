@@ -65,6 +65,8 @@ def test_bundle_reports_the_same_numbers_without_text_and_lists_missing_runs(tmp
     assert (runs / "baseline" / "seed1" / "eval" / "test.json").is_file()
     seeds = {(r["experiment"], r["seed"]) for r in _csv(out / "final_metrics.csv")}
     assert ("paper_cleaner", "2") in seeds and ("baseline", "1") in seeds
+    # a run already in the bundle is not missing, even when this machine's results no longer hold it
+    assert (out / "MISSING.txt").read_text().startswith("none")
 
 
 def test_nothing_finished_builds_no_report(tmp_path):
