@@ -12,10 +12,10 @@ and ``val0`` is the validation before the first step. Prints one markdown row pe
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
+
 
 DEFAULT_METRICS = ("acc", "tool_failures_before", "saar_deep", "logp_spliced", "grad_norm", "clipfrac",
                    "ppo_kl", "zero_adv_group_frac", "response_length")
@@ -35,16 +35,13 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
 
 
 def load(path: Path) -> tuple[dict[int, dict], dict[int, float]]:
-    """Training rows by step and validation Pass@1 by step (a step can carry both, or validation alone)."""
+    """Training rows by step and validation Pass@1 by step (a step can carry both, or validation alone). Rows are
+    read as the report reads them (``cleaner.report.read_metrics``: a line cut by a kill is skipped)."""
+    from cleaner.report import read_metrics
+
     train: dict[int, dict] = {}
     val: dict[int, float] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"{path}:{n}: not JSON ({e})") from None
+    for row in read_metrics(path):
         step = row.get("step")
         if step is None:
             continue
